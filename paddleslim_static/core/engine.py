@@ -1,0 +1,73 @@
+"""Thresholds and masks for a set of named weight arrays: the computation both modes run.
+
+Every function takes host numpy arrays (zero-copy views of the Paddle tensors on CPU) and is pure
+apart from writing into the ``masks`` / ``weights`` arrays it is handed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .scores import mask_from_threshold, score_source
+from .selection import ScoreSource, kth_smallest, ratio_threshold
+
+__all__ = ["ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize"]
+
+Block = Tuple[int, int]
+
+
+def ratio_thresholds(
+    weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block
+) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
+    """(global threshold, per-parameter thresholds) for ratio mode; exactly one of them is filled.
+
+    >>> import numpy as np
+    >>> w = {'a': np.array([[1., -2.], [3., 0.]], np.float32), 'b': np.array([[0.5, 4.]], np.float32)}
+    >>> g, per = ratio_thresholds(w, 0.5, local=False, block=(1, 1))
+    >>> float(g), per
+    (2.0, {})
+    """
+    if local:
+        return None, {n: ratio_threshold([score_source(w, block, n)], ratio) for n, w in weights.items()}
+    return ratio_threshold([score_source(w, block, n) for n, w in weights.items()], ratio), {}
+
+
+def fill_masks(
+    weights: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    threshold: Optional[float],
+    thresholds: Mapping[str, float],
+    block: Block,
+) -> None:
+    """masks[n] = score(weights[n]) >= threshold (per-parameter ``thresholds`` win when present)."""
+    for name, w in weights.items():
+        t = thresholds.get(name, threshold)
+        mask_from_threshold(w, np.float32(t), block, masks[name])
+
+
+def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
+    """weights[n] *= masks[n], in place."""
+    for name, w in weights.items():
+        np.multiply(w, masks[name], out=w)
+
+
+def masks_from_nonzero(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
+    """masks[n] = weights[n] != 0: keep an existing sparsity pattern."""
+    for name, w in weights.items():
+        np.not_equal(w, 0, out=masks[name])
+
+
+def summarize(weights: Mapping[str, np.ndarray], ratio: float) -> float:
+    """|w| at sorted position max(0, ceil(ratio * N) - 1) over all given weights.
+
+    >>> import numpy as np
+    >>> summarize({'w': np.array([-4., 1., 3., -2.], np.float32)}, 0.5)
+    2.0
+    """
+    n = sum(int(w.size) for w in weights.values())
+    if n == 0:
+        raise ValueError("summarize_weights: the model has no prunable weights")
+    k = max(0, math.ceil(ratio * n) - 1)
+    return float(kth_smallest([ScoreSource(w, None, name) for name, w in weights.items()], k))

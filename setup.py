@@ -1,0 +1,27 @@
+"""Unstructured sparsity for PaddlePaddle 3 (static Program pass + dygraph pruners + export tool)."""
+from setuptools import setup
+
+setup(
+    name="paddleslim-sparsity",
+    version="0.1.0",
+    description="Unstructured (magnitude) sparsity for PaddlePaddle 3: static PIR pass, dygraph pruners, "
+    "sparse ONNX export",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["paddleslim_static", "paddleslim_static.core", "paddleslim_dygraph", "paddleslim_tools"],
+    package_dir={"paddleslim_tools": "tools"},
+    package_data={"paddleslim_tools": ["data/*.npz"]},
+    install_requires=["paddlepaddle>=3.0", "numpy"],
+    extras_require={
+        "test": ["pytest", "hypothesis", "onnx", "paddle2onnx", "onnxruntime"],
+        "export": ["onnx", "paddle2onnx", "onnxruntime"],
+    },
+    entry_points={
+        "console_scripts": [
+            "paddleslim-demo=paddleslim_tools.demo:main",
+            "paddleslim-export=paddleslim_tools.export:main",
+        ]
+    },
+    license="Apache-2.0",
+)
