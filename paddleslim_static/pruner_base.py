@@ -67,7 +67,7 @@ class PrunerBase(abc.ABC):
             )
         self._prunable: List[str] = [p.name for p in prunable]
         self._create_masks(self._prunable)
-        _log.info("pruning %d of %d parameters (mode=%s)", len(self._prunable), len(infos), self.mode)
+        _log.debug("pruning %d of %d parameters (mode=%s)", len(self._prunable), len(infos), self.mode)
 
     # -- hooks -------------------------------------------------------------------------------------
     @abc.abstractmethod
