@@ -46,17 +46,30 @@ def _owned_params(model: paddle.nn.Layer) -> Iterator[Tuple[paddle.nn.Layer, str
                 yield layer, attr, p
 
 
-def _host(t: paddle.Tensor) -> Tuple[np.ndarray, bool]:
-    """A writable numpy array over the tensor's memory, and whether it is a copy to write back."""
+def _host(t: paddle.Tensor) -> Tuple[np.ndarray, Optional[Callable[[], None]]]:
+    """A writable numpy array over the tensor's data, and a callable that writes it back (None: zero-copy).
+
+    CPU float16/32/64 and bool tensors are viewed in place through DLPack. bfloat16 (no numpy dtype) is widened to
+    float32 exactly and narrowed back on write; tensors on an accelerator are copied to the host and back.
+    """
+    if t.dtype == paddle.bfloat16:
+        bits = t.numpy()  # uint16 bit patterns
+        arr = (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+        def write_back() -> None:
+            t.set_value((arr.view(np.uint32) >> np.uint32(16)).astype(np.uint16))
+
+        return arr, write_back
     if t.place.is_cpu_place():
-        return np.from_dlpack(t.detach()), False
-    return t.numpy(), True  # accelerator: copy to host, written back by the caller
+        return np.from_dlpack(t.detach()), None
+    arr = t.numpy()
+    return arr, lambda: t.set_value(arr)
 
 
 def _param_arrays(model: paddle.nn.Layer, only: Optional[Callable[[Sequence[int]], bool]] = None):
     for _, _, p in _owned_params(model):
         if only is None or only(p.shape):
-            yield p.numpy() if not p.place.is_cpu_place() else np.from_dlpack(p.detach())
+            yield _host(p)[0]
 
 
 def density(model: paddle.nn.Layer) -> float:
@@ -135,18 +148,15 @@ class UnstructuredPruner(PrunerBase):
 
     @contextlib.contextmanager
     def _open(self, names: Sequence[str]):
-        weights, masks, copies = {}, {}, []
+        weights, masks, write_backs = {}, {}, []
         for n in names:
-            weights[n], wc = _host(self._params[n])
-            masks[n], mc = _host(self._mask_of[n])
-            if wc:
-                copies.append((self._params[n], weights[n]))
-            if mc:
-                copies.append((self._mask_of[n], masks[n]))
+            weights[n], w_back = _host(self._params[n])
+            masks[n], m_back = _host(self._mask_of[n])
+            write_backs += [f for f in (w_back, m_back) if f is not None]
         yield weights, masks
         with paddle.no_grad():
-            for t, arr in copies:
-                t.set_value(arr)
+            for write_back in write_backs:
+                write_back()
 
     def _before_forward(self, layer: paddle.nn.Layer, inputs: Any) -> None:
         if paddle.in_dynamic_mode():  # not while paddle.jit traces the model

@@ -288,3 +288,19 @@ def test_real_training_reaches_and_keeps_target(opt_name):
             assert zeros >= round(0.75 * n)  # target reached after every step (ties at 0 may add more)
             losses.append(float(loss))
     assert np.mean(losses[-8:]) < np.mean(losses[:8])  # it still learns
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_low_and_high_precision_weights(dtype):
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Linear(16, 16), paddle.nn.Linear(16, 4))
+    model.to(dtype=dtype)
+    pruner = UnstructuredPruner(model, "ratio", ratio=0.5)
+    as_f32 = {n: np.asarray(paddle.cast(p, "float32").numpy()) for n, p in pruner._params.items()}
+    pruner.step()
+    assert np.float32(pruner.threshold) == ref.ratio_threshold(list(as_f32.values()), 0.5)
+    for n, p in pruner._params.items():
+        assert p.dtype == getattr(paddle, dtype)
+        after = paddle.cast(p, "float32").numpy()
+        keep = np.abs(as_f32[n]) >= np.float32(pruner.threshold)
+        np.testing.assert_array_equal(after, np.where(keep, as_f32[n], 0))
