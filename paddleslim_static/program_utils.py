@@ -1,0 +1,189 @@
+"""What the static pruner needs to know of a Program and a Scope, for PIR and legacy-IR programs.
+
+* :func:`param_infos` - every parameter of a program as a core :class:`ParamInfo` (norm-op operands
+  flagged ``is_norm``);
+* :func:`has_optimizer_ops` - whether a program updates its parameters (training vs eval/inference);
+* :func:`scope_arrays` - writable numpy arrays over scope tensors: zero-copy views on CPU, copies
+  written back on exit elsewhere.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import paddle
+
+from .core.params import ParamInfo
+
+__all__ = [
+    "NORM_OPS_PIR", "NORM_OPS_LEGACY", "OPTIMIZER_OPS_PIR", "is_pir_program", "check_program",
+    "param_infos", "parameter_names", "norm_param_names", "has_optimizer_ops", "value_name",
+    "tensor_of", "is_initialized", "host_view", "scope_arrays", "write_scope",
+]
+
+# Exact op names: after minimize() the program also holds "<name>_grad" ops, which must not match.
+NORM_OPS_PIR = frozenset({
+    "pd_op.batch_norm", "pd_op.batch_norm_", "pd_op.sync_batch_norm", "pd_op.sync_batch_norm_",
+    "pd_op.layer_norm", "pd_op.group_norm", "pd_op.instance_norm", "pd_op.spectral_norm",
+    "pd_op.lrn", "pd_op.rms_norm", "pd_op.fused_bn_add_activation", "pd_op.fused_bn_add_activation_",
+})
+NORM_OPS_LEGACY = frozenset({
+    "batch_norm", "sync_batch_norm", "layer_norm", "group_norm", "instance_norm", "spectral_norm",
+    "lrn", "rms_norm", "fused_bn_add_activation",
+})
+# Parameter-update ops optimizer.minimize() appends in PIR (PIR ops carry no op_role).
+OPTIMIZER_OPS_PIR = frozenset("pd_op." + n for n in (
+    "sgd_", "momentum_", "lars_momentum_", "merged_momentum_", "adam_", "adamw_", "merged_adam_",
+    "fused_adam_", "lamb_", "rmsprop_", "adagrad_", "adamax_", "adadelta_", "decayed_adagrad_",
+    "asgd_", "nadam_", "radam_", "ftrl", "dpsgd", "dgc_momentum",
+))
+_OPTIMIZE_ROLE = 0x0002  # legacy OpRole.Optimize
+
+
+def _pir_program_type() -> type:
+    return paddle.pir.Program
+
+
+def is_pir_program(program: Any) -> bool:
+    """True for a PIR ``Program`` (Paddle 3's default), False for a legacy ``framework.Program``."""
+    return isinstance(program, _pir_program_type())
+
+
+def check_program(program: Any, arg: str = "program") -> Any:
+    """Raise TypeError unless ``program`` is a PIR or legacy static Program."""
+    if is_pir_program(program) or isinstance(program, paddle.base.framework.Program):
+        return program
+    raise TypeError(f"{arg} must be a paddle static Program (PIR or legacy); got {type(program).__name__}")
+
+
+def value_name(value: Any) -> Optional[str]:
+    """Name of a PIR value or legacy variable, None for anonymous PIR values."""
+    if hasattr(value, "has_name"):
+        return value.name if value.has_name else None
+    return getattr(value, "name", None)
+
+
+def _parameters(program: Any) -> List[Any]:
+    return list(program.global_block().all_parameters())
+
+
+def parameter_names(program: Any) -> List[str]:
+    """Names of ``program.global_block().all_parameters()`` (BatchNorm statistics included)."""
+    return [value_name(p) for p in _parameters(check_program(program))]
+
+
+def _all_ops(program: Any) -> Iterator[Any]:
+    """Every op of every block (control-flow sub-blocks included)."""
+    if is_pir_program(program):
+        stack = [program.global_block()]
+        while stack:
+            block = stack.pop()
+            for op in block.ops:
+                yield op
+                for sub in op.blocks():
+                    stack.append(sub)
+    else:
+        for block in program.blocks:
+            yield from block.ops
+
+
+def norm_param_names(program: Any) -> Set[str]:
+    """Parameters that are operands of normalization ops (scale, bias, running statistics)."""
+    params = set(parameter_names(program))
+    out: Set[str] = set()
+    if is_pir_program(program):
+        for op in _all_ops(program):
+            if op.name() in NORM_OPS_PIR:
+                for v in op.operands_source():
+                    n = value_name(v)
+                    if n in params:
+                        out.add(n)
+    else:
+        for op in _all_ops(program):
+            if op.type in NORM_OPS_LEGACY:
+                for slot in op.input_names:
+                    out.update(n for n in op.input(slot) if n in params)
+    return out
+
+
+def param_infos(program: Any) -> List[ParamInfo]:
+    """Every parameter as a :class:`ParamInfo` (``is_norm`` for norm-op operands)."""
+    norms = norm_param_names(program)
+    infos = []
+    for p in _parameters(check_program(program)):
+        name = value_name(p)
+        infos.append(ParamInfo(name, tuple(int(d) for d in p.shape), name in norms, None))
+    return infos
+
+
+def has_optimizer_ops(program: Any) -> bool:
+    """Whether the program updates parameters (it went through ``optimizer.minimize``)."""
+    if is_pir_program(program):
+        return any(op.name() in OPTIMIZER_OPS_PIR for op in _all_ops(program))
+    for op in _all_ops(program):
+        role = op.attr("op_role") if op.has_attr("op_role") else 0
+        if int(role) & _OPTIMIZE_ROLE and "Param" in op.input_names:
+            return True
+    return False
+
+
+# -- scope access -----------------------------------------------------------------------------------
+class _DLPackView:
+    """Adapter so ``np.from_dlpack`` takes a scope tensor (writable, shares memory)."""
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor
+
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        return self.tensor._to_dlpack_versioned()
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
+
+def tensor_of(scope: Any, name: str) -> Any:
+    """The scope's tensor for ``name``; RuntimeError when it is missing or uninitialised."""
+    var = scope.find_var(name)
+    if var is None or not var.get_tensor()._is_initialized():
+        raise RuntimeError(
+            f"variable {name!r} is not initialised in the scope: run the startup program "
+            "(exe.run(startup_program)) in this scope first"
+        )
+    return var.get_tensor()
+
+
+def is_initialized(scope: Any, name: str) -> bool:
+    var = scope.find_var(name)
+    return var is not None and var.get_tensor()._is_initialized()
+
+
+def host_view(tensor: Any) -> Tuple[np.ndarray, bool]:
+    """(writable numpy array, whether it is a copy to write back): zero-copy for CPU tensors."""
+    if tensor._place().is_cpu_place():
+        arr = np.from_dlpack(_DLPackView(tensor))
+        if arr.flags.writeable:
+            return arr, False
+    return np.array(tensor), True
+
+
+def write_scope(scope: Any, name: str, value: np.ndarray, place: Any) -> None:
+    """Create (if needed) and set the scope variable ``name`` to ``value`` (dtype kept as given)."""
+    scope.var(name).get_tensor().set(np.ascontiguousarray(value), place)
+
+
+@contextlib.contextmanager
+def scope_arrays(scope: Any, names: Sequence[str], place: Any) -> Iterator[Dict[str, np.ndarray]]:
+    """Writable host arrays for scope tensors; copies (non-CPU tensors) are written back on exit."""
+    arrays: Dict[str, np.ndarray] = {}
+    copies = []
+    for n in names:
+        t = tensor_of(scope, n)
+        arrays[n], is_copy = host_view(t)
+        if is_copy:
+            copies.append((t, arrays[n]))
+    try:
+        yield arrays
+    finally:
+        for t, arr in copies:
+            t.set(arr, place if place is not None else t._place())
