@@ -1,0 +1,171 @@
+"""The export report: per-weight sparsity table, file sizes, verification results (text and JSON)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from paddleslim_static.core import nonzero_and_size
+
+from .onnx_sparse import coo_bytes
+from .verify import OutputCheck, WeightMatch
+
+__all__ = ["LayerRow", "ExportReport", "layer_rows"]
+
+
+@dataclasses.dataclass
+class LayerRow:
+    """One weight of the exported Paddle inference model."""
+
+    name: str
+    shape: List[int]
+    dtype: str
+    size: int
+    nonzeros: int
+    density: float
+    zeros: int
+    bytes_dense: int
+    bytes_sparse: int  # COO payload with INT64 indices
+    stored_sparse: bool = False  # a sparse_initializer in the compressed ONNX
+    onnx_name: Optional[str] = None
+    match: Optional[str] = None  # how the ONNX tensor was found (see paddleslim_tools.verify)
+    pattern_ok: Optional[bool] = None
+    layer: Optional[str] = None  # structured name in the dygraph model, when known
+
+
+def layer_rows(weights: Dict[str, np.ndarray], structured: Optional[Dict[str, str]] = None) -> List[LayerRow]:
+    """Report rows for ``weights`` (name -> array), densities from the shared core.
+
+    Rows follow the dygraph model's parameter order when ``structured`` (name -> structured name, in model
+    order) is given, else natural name order (``conv2d_2`` before ``conv2d_10``).
+    """
+    order = {n: i for i, n in enumerate(structured or {})}
+
+    def key(n: str):
+        return (order.get(n, len(order)), [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+
+    rows = []
+    for name in sorted(weights, key=key):
+        arr = weights[name]
+        nz, size = nonzero_and_size([arr])
+        item = arr.dtype.itemsize
+        rows.append(LayerRow(
+            name=name, shape=[int(d) for d in arr.shape], dtype=str(arr.dtype), size=size, nonzeros=nz,
+            density=(nz / size if size else 1.0), zeros=size - nz, bytes_dense=size * item,
+            bytes_sparse=coo_bytes(nz, item), layer=(structured or {}).get(name)))
+    return rows
+
+
+def _fmt_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return str(n)
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """Result of an export: ``ok`` is False when any verification failed."""
+
+    name: str
+    out_dir: str
+    rows: List[LayerRow] = dataclasses.field(default_factory=list)
+    files: Dict[str, str] = dataclasses.field(default_factory=dict)
+    file_sizes: Dict[str, int] = dataclasses.field(default_factory=dict)
+    opset: int = 13
+    sparse_cutoff: Optional[float] = None  # max density stored sparse; None = "when COO is smaller"
+    weight_checks: List[WeightMatch] = dataclasses.field(default_factory=list)
+    output_checks: List[OutputCheck] = dataclasses.field(default_factory=list)
+    failures: List[str] = dataclasses.field(default_factory=list)
+    warnings: List[str] = dataclasses.field(default_factory=list)
+    verified: bool = False
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def total_density(self) -> float:
+        size = sum(r.size for r in self.rows)
+        return sum(r.nonzeros for r in self.rows) / size if size else 1.0
+
+    @property
+    def unmatched(self) -> List[str]:
+        return [m.name for m in self.weight_checks if m.how is None]
+
+    @property
+    def compression_ratio(self) -> Optional[float]:
+        """Size of the compressed ONNX file / size of the plain one."""
+        a, b = self.file_sizes.get("onnx_sparse"), self.file_sizes.get("onnx")
+        return a / b if a and b else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "name": self.name, "out_dir": self.out_dir, "ok": self.ok, "verified": self.verified,
+            "opset": self.opset, "sparse_cutoff": self.sparse_cutoff,
+            "total_density": self.total_density, "files": self.files, "file_sizes": self.file_sizes,
+            "compression_ratio": self.compression_ratio,
+            "layers": [dataclasses.asdict(r) for r in self.rows],
+            "weight_checks": [dataclasses.asdict(m) for m in self.weight_checks],
+            "unmatched": self.unmatched,
+            "output_checks": [dataclasses.asdict(c) for c in self.output_checks],
+            "failures": self.failures, "warnings": self.warnings, "timings": self.timings,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=float)
+
+    def format_table(self, max_rows: Optional[int] = None) -> str:
+        """Per-weight table, totals, file sizes and the verification verdict as plain text."""
+        head = ("weight", "shape", "density", "zeros", "dense", "sparse", "onnx", "check")
+        lines = []
+        rows = self.rows if max_rows is None else self.rows[:max_rows]
+        table = []
+        for r in rows:
+            check = "-" if r.match is None and not self.verified else (
+                "MISSING" if r.match is None else ("ok" if r.pattern_ok else "ZEROS DIFFER"))
+            if r.match and r.match != "name":
+                check += f" ({r.match})"
+            table.append((r.name, "x".join(map(str, r.shape)), f"{r.density:.3f}", str(r.zeros),
+                          _fmt_bytes(r.bytes_dense), _fmt_bytes(r.bytes_sparse),
+                          "sparse" if r.stored_sparse else "dense", check))
+        widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(head)]
+        fmt = "  ".join(f"{{:{'<' if i in (0, 1, 6, 7) else '>'}{w}}}" for i, w in enumerate(widths))
+        lines.append(fmt.format(*head))
+        lines.append("  ".join("-" * w for w in widths))
+        lines.extend(fmt.format(*t) for t in table)
+        if max_rows is not None and len(self.rows) > max_rows:
+            lines.append(f"... {len(self.rows) - max_rows} more weights")
+        nz = sum(r.nonzeros for r in self.rows)
+        size = sum(r.size for r in self.rows)
+        lines.append(f"total: {len(self.rows)} weights, {size} elements, density {self.total_density:.4f} "
+                     f"({size - nz} zeros)")
+        for key, path in self.files.items():
+            lines.append(f"{key:12s} {path}  ({_fmt_bytes(self.file_sizes.get(key))})")
+        if self.compression_ratio is not None:
+            lines.append(f"compressed ONNX is {self.compression_ratio:.3f}x the plain ONNX "
+                         f"({self.file_sizes['onnx'] - self.file_sizes['onnx_sparse']} bytes smaller)")
+        for c in self.output_checks:
+            lines.append(f"output {c.name} [{c.what}]: max abs err {c.max_abs_err:.3g}, "
+                         f"max rel err {c.max_rel_err:.3g} -> {'ok' if c.ok else 'FAIL'}")
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        for f in self.failures:
+            lines.append(f"FAILED: {f}")
+        if self.verified:
+            lines.append("verification: " + ("passed" if self.ok else "FAILED"))
+        else:
+            lines.append("verification: skipped")
+        return "\n".join(lines)
+
+
+def file_sizes(files: Dict[str, str]) -> Dict[str, int]:
+    return {k: os.path.getsize(p) for k, p in files.items() if os.path.isfile(p)}
