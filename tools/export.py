@@ -193,7 +193,7 @@ class _PaddleModel:
             self.exe = paddle.static.Executor(paddle.CPUPlace())
             self.program, self.feed_names, self.fetch = paddle.static.load_inference_model(prefix, self.exe)
             block = self.program.global_block()
-            self.params = [p.name for p in block.all_parameters()]
+            self.params = _legacy_persistables(block) if legacy else [p.name for p in block.all_parameters()]
             if legacy:
                 self.op_names = [op.type for op in block.ops]
                 self.var_names = list(block.vars)
@@ -211,6 +211,20 @@ class _PaddleModel:
         with _static_mode(self.legacy), paddle.static.scope_guard(self.scope):
             outs = self.exe.run(self.program, feed={n: feeds[n] for n in self.feed_names}, fetch_list=self.fetch)
         return [np.asarray(o) for o in outs]
+
+
+def _legacy_persistables(block: Any) -> List[str]:
+    """Weights of a legacy-IR block: parameters, or (loaded inference models) persistable dense tensors."""
+    names = [p.name for p in block.all_parameters()]
+    if names:
+        return names
+    out = []
+    for n, v in block.vars.items():
+        kind = str(v.type).upper()
+        if v.persistable and n not in ("feed", "fetch") and ("LOD_TENSOR" in kind or "DENSE_TENSOR" in kind) \
+                and "ARRAY" not in kind:
+            out.append(n)
+    return out
 
 
 def _np_dtype(dtype: Any) -> str:
@@ -486,7 +500,7 @@ def export_program(
             raise ExportError(f"feed_names: {missing} are not inputs of the program")
         if not fetch_vars:
             raise ExportError("fetch_vars is required: the program has no fetch ops")
-        params = [p.name for p in block.all_parameters()]
+        params = _legacy_persistables(block) if legacy else [p.name for p in block.all_parameters()]
     with _staging(out_dir) as (tmp, final):
         t = time.perf_counter()
         with _static_mode(legacy), paddle.static.scope_guard(scope), _folded_scope_masks(params, scope) as folded:
