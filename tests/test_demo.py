@@ -125,6 +125,11 @@ def test_export_writes_files(tmp_path, capsys):
     rc = demo.main(["--epochs", "1", "-q", "--out-dir", str(tmp_path / "out")])
     text = capsys.readouterr().out
     assert rc == 0, text
-    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
-    assert files, "export wrote nothing"
-    assert str(tmp_path / "out") in text
+    m = re.search(r"exported (\d+) files to (\S+): (.*)", text)
+    assert m, text
+    out_dir = tmp_path / "out"
+    assert m.group(2) == str(out_dir.resolve())
+    names = m.group(3).split(", ")
+    assert len(names) == int(m.group(1)) and "digits_cnn.onnx" in names
+    for name in names:
+        assert (out_dir / name).is_file() and (out_dir / name).stat().st_size > 0

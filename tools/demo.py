@@ -248,7 +248,7 @@ def run(args: argparse.Namespace, out: _Out) -> Tuple[DemoResult, paddle.nn.Laye
         loss, acc = _train_epoch(model, opt, loss_fn, data, args.batch_size, rng)
         out(f"dense  epoch {epoch + 1:2d}/{args.epochs}  loss {loss:.4f}  train acc {acc:.4f}")
     dense_acc = _accuracy(model, data.x_test, data.y_test)
-    out(f"dense test accuracy: {dense_acc:.4f}", always=True)
+    out(f"dense test accuracy: {dense_acc:.4f}")
 
     iters = -(-len(data.y_train) // args.batch_size)
     prune_epochs = max(1, args.epochs)
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace, out: _Out) -> Tuple[DemoResult, paddle.nn.Laye
     for epoch in range(total_epochs):
         loss, acc = _train_epoch(model, opt, loss_fn, data, args.batch_size, rng, pruner)
         out(f"prune  epoch {epoch + 1:2d}/{total_epochs}  loss {loss:.4f}  train acc {acc:.4f}  "
-            f"ratio {pruner.ratio:.4f}  density {_prunable_density(model, prunable):.4f}")
+            f"ratio {pruner.ratio:.4f}  prunable density {_prunable_density(model, prunable):.4f}")
 
     sparse_acc = _accuracy(model, data.x_test, data.y_test)
     pruner.finalize()  # masks applied for good, hook and mask buffers gone
@@ -301,8 +301,8 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> 
     model.eval()
     report = export_layer(model, spec, str(out_dir), name=f"{data.name}_cnn")
     out(report.format_table(), always=True)
-    for label, path in sorted(report.files.items()):
-        out(f"  {label}: {path}", always=True)
+    out(f"exported {len(report.files)} files to {Path(out_dir).resolve()}: "
+        + ", ".join(Path(p).name for _, p in sorted(report.files.items())), always=True)
     return bool(report.ok)
 
 
