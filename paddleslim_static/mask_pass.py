@@ -37,7 +37,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 import paddle
 
-from .program_utils import _all_ops, check_program, has_optimizer_ops, is_pir_program, value_name
+from .program_utils import _all_ops, check_program, has_optimizer_ops, is_pir_program, program_mode, value_name
 
 __all__ = ["MASK_SUFFIX", "MaskPassResult", "apply_mask_pass", "mask_var_name", "masked_params"]
 
@@ -72,8 +72,14 @@ def apply_mask_pass(
 ) -> MaskPassResult:
     """Add mask variables (and optional persistable scalars) and post-update mask ops; see module doc."""
     check_program(program)
+    with program_mode(program):
+        return _apply(program, startup_program, param_names, scalars)
+
+
+def _apply(program: Any, startup_program: Optional[Any], param_names: Sequence[str],
+           scalars: Optional[Mapping[str, Scalar]]) -> MaskPassResult:
     if startup_program is None:
-        startup_program = type(program)() if not is_pir_program(program) else paddle.static.Program()
+        startup_program = paddle.static.Program()  # a throwaway: masks then live in the scope only
     check_program(startup_program, "startup_program")
     if is_pir_program(program) != is_pir_program(startup_program):
         raise TypeError("program and startup_program must both be PIR or both legacy-IR programs")

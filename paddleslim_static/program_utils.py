@@ -19,7 +19,7 @@ from .core.params import ParamInfo
 __all__ = [
     "NORM_OPS_PIR", "NORM_OPS_LEGACY", "OPTIMIZER_OPS_PIR", "is_pir_program", "check_program",
     "param_infos", "parameter_names", "norm_param_names", "has_optimizer_ops", "value_name",
-    "tensor_of", "is_initialized", "host_view", "scope_arrays", "write_scope",
+    "tensor_of", "is_initialized", "host_view", "scope_arrays", "write_scope", "program_mode",
 ]
 
 # Exact op names: after minimize() the program also holds "<name>_grad" ops, which must not match.
@@ -55,6 +55,24 @@ def check_program(program: Any, arg: str = "program") -> Any:
     if is_pir_program(program) or isinstance(program, paddle.base.framework.Program):
         return program
     raise TypeError(f"{arg} must be a paddle static Program (PIR or legacy); got {type(program).__name__}")
+
+
+@contextlib.contextmanager
+def program_mode(program: Any) -> Iterator[None]:
+    """Static mode of the program's kind (PIR or legacy IR) inside the block; the caller's mode after."""
+    was_dynamic = paddle.in_dynamic_mode()
+    if was_dynamic:
+        paddle.enable_static()
+    try:
+        pir = is_pir_program(program)
+        if pir == paddle.framework.in_pir_mode():
+            yield
+        else:
+            with (paddle.pir_utils.IrGuard() if pir else paddle.pir_utils.OldIrGuard()):
+                yield
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
 
 
 def value_name(value: Any) -> Optional[str]:

@@ -27,7 +27,7 @@ from .core.params import ParamInfo, is_conv1x1
 from .core.schedule import GMPSchedule
 from .mask_pass import MaskPassResult, apply_mask_pass, mask_var_name
 from .program_utils import (
-    check_program, host_view, is_initialized, is_pir_program, param_infos, parameter_names, scope_arrays,
+    check_program, host_view, program_mode, is_initialized, is_pir_program, param_infos, parameter_names, scope_arrays,
     tensor_of, write_scope,
 )
 from .pruner_base import GMPMixin, PrunerBase
@@ -109,7 +109,8 @@ class UnstructuredPruner(PrunerBase):
     ) -> None:
         self.program = check_program(program)
         if startup_program is None:
-            startup_program = paddle.static.default_startup_program()
+            with program_mode(self.program):
+                startup_program = paddle.static.default_startup_program()
         self.startup_program = check_program(startup_program, "startup_program")
         self.scope = _scope(scope)
         self.place = paddle.CPUPlace() if place is None else place
@@ -119,6 +120,7 @@ class UnstructuredPruner(PrunerBase):
         if self._weights_ready():
             if self.mode == "threshold":
                 self._masks_from_threshold()
+                self.update_params()  # no forward hook in a program: the next exe.run must see them
             self._set_ready(True)
         else:
             self._set_ready(False)
@@ -181,6 +183,7 @@ class UnstructuredPruner(PrunerBase):
         self._set_ready(True)  # first: _masks_from_threshold re-enters _open
         if self.mode == "threshold":
             self._masks_from_threshold()
+            self.update_params()
         else:
             self._on_thresholds(self.threshold, self.thresholds)
             self._masks_lost()
