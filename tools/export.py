@@ -39,6 +39,17 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 import numpy as np
 
+
+def _quiet_cli() -> None:
+    """CLI only, before paddle is imported: no glog info lines, no ccache warning, never autoinstall."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] = "0"
+    warnings.filterwarnings("ignore", message=".*ccache.*")
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0] or "") == "paddleslim-export":
+    _quiet_cli()
+
 from .onnx_sparse import canonicalize, compress as compress_model, densify, onnx_tensors
 from .p2o_convert import ConversionError, convert
 from .report import ExportReport, file_sizes, layer_rows
@@ -707,6 +718,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--max-rows", type=int, default=None, help="print at most this many table rows")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the file paths and verdict")
+    p.add_argument("--verbose", "-v", action="store_true", help="log progress (to stderr)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -741,11 +753,13 @@ def _run(args: argparse.Namespace) -> ExportReport:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point ``paddleslim-export``; returns the exit code."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] = "0"
-    warnings.filterwarnings("ignore", message=".*ccache.*")
+    _quiet_cli()
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        _log.setLevel(logging.INFO)
+    elif _log.level == logging.NOTSET:
+        _log.setLevel(logging.WARNING)
     try:
         report = _run(args)
     except (ExportError, ConversionError, TypeError, ValueError, OSError) as e:
