@@ -299,6 +299,7 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> 
     h, w = data.image_shape
     spec = [paddle.static.InputSpec([None, 1, h, w], "float32", "image")]
     model.eval()
+    out(f"== export to {out_dir} ==", always=True)
     report = export_layer(model, spec, str(out_dir), name=f"{data.name}_cnn")
     out(report.format_table(), always=True)
     out(f"exported {len(report.files)} files to {Path(out_dir).resolve()}: "
