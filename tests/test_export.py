@@ -236,3 +236,37 @@ def test_compressed_densifies_bit_for_bit_and_cutoff(tmp_path):
     m, stored = compress(onnx.helper.make_model(onnx.helper.make_graph(
         [], "g", [], [], [numpy_helper.from_array(neg0, "w")])))
     assert stored == ["w"] and len(numpy_helper.to_array(m.graph.sparse_initializer[0].values)) == 10
+
+
+def test_cross_mode_dygraph_and_static_pruners_export_identical_sparse_weights(tmp_path):
+    """The same network pruned by the dygraph and by the static pruner exports the same sparse ONNX weights."""
+    static_mod = pytest.importorskip("paddleslim_static")
+    if not hasattr(static_mod, "UnstructuredPruner"):
+        pytest.skip("paddleslim_static.UnstructuredPruner does not exist yet")
+    spec_ = NETS["mobilenet"]
+    model, _ = pruned("mobilenet", 0.75, seed=3)
+    dense = {p.name: p.numpy() for p in dygraph_model(spec_, 3).parameters()}  # same seed: unpruned weights
+    dy = export_layer(model, spec(*spec_.input_shape), tmp_path / "dy")
+    assert dy.ok, dy.failures
+    with static_mode():
+        net = static_net(spec_, optimizer=lambda: paddle.optimizer.SGD(0.1))
+        scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(scope):
+            exe.run(net.startup)
+            for n, w in dense.items():
+                scope.find_var(n).get_tensor().set(w, paddle.CPUPlace())
+            pruner = static_mod.UnstructuredPruner(net.main, "ratio", ratio=0.75, scope=scope,
+                                                   startup_program=net.startup)
+            pruner.step()
+        st = export_program(net.test, tmp_path / "st", scope=scope, feed_names=["x"], fetch_vars=[net.out_test])
+    assert st.ok, st.failures
+    a = onnx.load(dy.files["onnx_sparse"])
+    b = onnx.load(st.files["onnx_sparse"])
+    sa = {s.values.name for s in a.graph.sparse_initializer}
+    assert sa and sa == {s.values.name for s in b.graph.sparse_initializer}
+    ta, tb = onnx_tensors(a), onnx_tensors(b)
+    sparse_rows = [r.name for r in dy.rows if r.zeros and len(r.shape) >= 2]
+    assert len(sparse_rows) >= 5
+    for name in sparse_rows:
+        np.testing.assert_array_equal(ta[name], tb[name], err_msg=name)
+        np.testing.assert_array_equal(ta[name] == 0, tb[name] == 0, err_msg=name)
