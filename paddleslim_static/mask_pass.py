@@ -33,7 +33,7 @@ Contract of :func:`apply_mask_pass` (PIR and legacy-IR programs):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import paddle
 

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import paddle
 
 from .core import density as _density
-from .core import engine
 from .core.params import ParamInfo, is_conv1x1
 from .core.schedule import GMPSchedule
-from .mask_pass import MaskPassResult, apply_mask_pass, mask_var_name
+from .mask_pass import MaskPassResult, apply_mask_pass
 from .program_utils import (
-    check_program, host_view, program_mode, is_initialized, is_pir_program, param_infos, parameter_names, scope_arrays,
+    check_program, host_view, program_mode, is_initialized, param_infos, parameter_names, scope_arrays,
     tensor_of, write_scope,
 )
 from .pruner_base import GMPMixin, PrunerBase

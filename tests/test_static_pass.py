@@ -1,12 +1,9 @@
 """The mask pass: where its ops go, idempotence, scope state, eval/inference programs, legacy IR."""
-import json
-import os
-
 import numpy as np
 import paddle
 import pytest
 
-from nets import NETS, batch, copy_weights, scope_array, static_mode, static_net
+from nets import NETS, batch, scope_array, static_mode, static_net
 from paddleslim_static import UnstructuredPruner, apply_mask_pass, mask_var_name, masked_params
 from paddleslim_static.program_utils import has_optimizer_ops, norm_param_names, param_infos
 from paddleslim_static.pruner import GLOBAL_THRESHOLD_VAR, READY_VAR
