@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -224,7 +224,7 @@ def bench_train(batch: int, rounds: int, warmup: int) -> str:
 
 
 # -- main ------------------------------------------------------------------------------------------
-def main(argv: Sequence[str] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller nets and fewer rounds (under a minute)")
     ap.add_argument("--reps", type=int, default=None, help="step() repetitions (default 7; quick 5)")
