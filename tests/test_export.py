@@ -47,6 +47,8 @@ def assert_export_ok(report, model=None):
     # no mask variables anywhere in the outputs
     assert not [n for n in onnx_w if n.endswith("_mask")]
     assert not [r.name for r in report.rows if r.name.endswith("_mask")]
+    with open(report.files["paddle_model"], "rb") as f:
+        assert b"_mask" not in f.read()  # no mask ops or variables in the saved program
 
 
 @pytest.mark.parametrize("net_name,ratio", [("lenet", 0.5), ("mlp", 0.5), ("mlp", 0.9)])
@@ -163,6 +165,10 @@ def test_checkpoint_with_masks_is_folded(tmp_path):
     rep2 = export_checkpoint(plain, NETS["lenet"].build, spec(1, 28, 28), tmp_path / "out2", verify=False,
                              compress=False)
     assert rep2.ok and "onnx_sparse" not in rep2.files and not rep2.verified
+    # re-exporting into an existing directory without compression removes the stale sparse file
+    rep3 = export_checkpoint(plain, NETS["lenet"].build, spec(1, 28, 28), tmp_path / "out", compress=False)
+    assert rep3.ok and sorted(os.listdir(tmp_path / "out")) == [
+        "model.json", "model.onnx", "model.pdiparams", "model.report.json"]
 
 
 def _tamper(name):

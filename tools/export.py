@@ -67,6 +67,7 @@ __all__ = [
 _log = logging.getLogger("paddleslim")
 MASK_SUFFIX = "_mask"
 DEFAULT_OPSET = 13
+_OUTPUT_SUFFIXES = (".json", ".pdmodel", ".pdiparams", ".onnx", ".sparse.onnx", ".report.json")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -163,8 +164,12 @@ def _clean_layer(layer: "paddle.nn.Layer") -> Iterator[int]:
 
 # -- staging: nothing partial ever lands in out_dir ------------------------------------------------------
 @contextlib.contextmanager
-def _staging(out_dir: Union[str, os.PathLike]) -> Iterator[Tuple[str, str]]:
-    """Yield (temp dir next to out_dir, final out_dir); move the temp dir's files into place on success."""
+def _staging(out_dir: Union[str, os.PathLike], name: str) -> Iterator[Tuple[str, str]]:
+    """Yield (temp dir next to out_dir, final out_dir); move the temp dir's files into place on success.
+
+    In an existing out_dir, files of an earlier export under the same ``name`` that this export does not
+    write (e.g. ``name.sparse.onnx`` after ``compress=False``) are removed so the set stays consistent.
+    """
     final = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(final) and not os.path.isdir(final):
         raise ExportError(f"out_dir {os.fspath(out_dir)!r} exists and is not a directory")
@@ -181,7 +186,12 @@ def _staging(out_dir: Union[str, os.PathLike]) -> Iterator[Tuple[str, str]]:
         if not os.path.exists(final):
             os.rename(tmp, final)
         else:
-            for f in os.listdir(tmp):
+            produced = set(os.listdir(tmp))
+            for suffix in _OUTPUT_SUFFIXES:
+                stale = os.path.join(final, name + suffix)
+                if name + suffix not in produced and os.path.isfile(stale):
+                    os.remove(stale)
+            for f in produced:
                 os.replace(os.path.join(tmp, f), os.path.join(final, f))
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
@@ -402,7 +412,7 @@ def export_layer(
     if not paddle.in_dynamic_mode():
         raise ExportError("export_layer needs dygraph mode (call paddle.disable_static() first)")
     timings: Dict[str, float] = {}
-    with _staging(out_dir) as (tmp, final), _clean_layer(layer) as folded:
+    with _staging(out_dir, name) as (tmp, final), _clean_layer(layer) as folded:
         t = time.perf_counter()
         feeds = random_feeds([(s.name or f"x{i}", s.shape, _np_dtype(s.dtype)) for i, s in enumerate(specs)],
                              seed=seed, dynamic_dim=1)
@@ -488,10 +498,10 @@ def export_program(
         fetch_vars = list(fetch_vars or src.fetch)
     else:
         program = program_or_prefix
-        legacy = not isinstance(program, paddle.pir.Program)
-        if not legacy and not hasattr(program, "global_block"):
-            raise TypeError(f"program_or_prefix must be a paddle static Program or a path; got "
-                            f"{type(program).__name__}")
+        legacy = isinstance(program, paddle.base.framework.Program)
+        if not legacy and not isinstance(program, paddle.pir.Program):
+            raise TypeError(f"program_or_prefix must be a paddle static Program (PIR or legacy) or an "
+                            f"inference model path prefix; got {type(program).__name__}")
         scope = scope if scope is not None else paddle.static.global_scope()
     with _static_mode(legacy):
         block = program.global_block()
@@ -512,7 +522,7 @@ def export_program(
         if not fetch_vars:
             raise ExportError("fetch_vars is required: the program has no fetch ops")
         params = _legacy_persistables(block) if legacy else [p.name for p in block.all_parameters()]
-    with _staging(out_dir) as (tmp, final):
+    with _staging(out_dir, name) as (tmp, final):
         t = time.perf_counter()
         with _static_mode(legacy), paddle.static.scope_guard(scope), _folded_scope_masks(params, scope) as folded:
             exe = paddle.static.Executor(paddle.CPUPlace())
