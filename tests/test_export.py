@@ -225,6 +225,11 @@ def test_renamed_transposed_and_bn_folded_weights_are_matched():
 
 def test_compressed_densifies_bit_for_bit_and_cutoff(tmp_path):
     model, _ = pruned("mlp", 0.9)
+    with pytest.raises(ExportError, match="name must be a plain file name"):
+        export_layer(model, spec(16), tmp_path / "o", name="../escape")
+    with pytest.raises(ExportError, match="sparse_cutoff"):
+        export_layer(model, spec(16), tmp_path / "o", sparse_cutoff=2.0)
+    assert not (tmp_path / "o").exists()
     report = export_layer(model, spec(16), tmp_path / "o", sparse_cutoff=0.5)
     plain = onnx.load(report.files["onnx"])
     small = onnx.load(report.files["onnx_sparse"])
