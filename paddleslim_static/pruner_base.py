@@ -135,8 +135,7 @@ class PrunerBase(abc.ABC):
         self._on_thresholds(self.threshold, self.thresholds)
 
     def _refresh(self, weights: Arrays, masks: Arrays) -> None:
-        engine.fill_masks(weights, masks, self.threshold, self.thresholds, self.sparse_block)
-        engine.apply_masks(weights, masks)
+        engine.fill_masks(weights, masks, self.threshold, self.thresholds, self.sparse_block, apply=True)
 
     def _masks_from_threshold(self) -> None:
         """Threshold mode: masks reflect the threshold from construction on (weights untouched)."""
@@ -167,8 +166,8 @@ class GMPMixin:
         with self._open(self._prunable) as (weights, masks):  # type: ignore[attr-defined]
             if self.ratio != old or self._recompute_next:
                 self._compute_thresholds(weights)  # type: ignore[attr-defined]
-                engine.fill_masks(weights, masks, self.threshold, self.thresholds,  # type: ignore
-                                  self.sparse_block)  # type: ignore[attr-defined]
+                self._refresh(weights, masks)  # type: ignore[attr-defined]
                 self._recompute_next = False
-            engine.apply_masks(weights, masks)
+            else:
+                engine.apply_masks(weights, masks)
         self.cur_iteration += 1

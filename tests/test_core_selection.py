@@ -148,3 +148,26 @@ def test_other_dtypes_scored_in_float32():
     w16 = np.array([0.1, -0.3, 0.2, 0.4], np.float16)
     assert ratio_threshold([ScoreSource(w64)], 0.5) == np.float32(0.3)
     assert ratio_threshold([ScoreSource(w16)], 0.5) == np.float32(np.float16(0.3))
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.69, 0.7, 0.71, 0.9])
+def test_mostly_zero_weights_exact_and_not_gathered(ratio, monkeypatch):
+    # 70% exact zeros (an already sparse model, or step() called twice): the zeros must be counted, not gathered
+    from paddleslim_static.core import selection
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(400_000).astype(np.float32)
+    w[rng.random(w.size) < 0.7] = 0.0
+    biggest_band = []
+    real = selection._select_in
+    monkeypatch.setattr(selection, "_select_in", lambda keys, c, r: (biggest_band.append(keys.size), real(keys, c, r))[1])
+    got = ratio_threshold([ScoreSource(w)], ratio, chunk=1 << 14, direct_max=0)
+    assert got == ref.ratio_threshold([w], ratio)
+    assert max(biggest_band, default=0) < 0.05 * w.size
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(0, 0.999), st.integers(1, 6))
+def test_quantized_weights_many_ties(seed, ratio, levels):
+    rng = np.random.default_rng(seed)
+    w = (rng.integers(-levels, levels + 1, 5000) / levels).astype(np.float32)
+    got = ratio_threshold([ScoreSource(w)], ratio, chunk=257, direct_max=0)
+    assert got == ref.ratio_threshold([w], ratio)

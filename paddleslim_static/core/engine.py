@@ -40,11 +40,15 @@ def fill_masks(
     threshold: Optional[float],
     thresholds: Mapping[str, float],
     block: Block,
+    apply: bool = False,
 ) -> None:
-    """masks[n] = score(weights[n]) >= threshold (per-parameter ``thresholds`` win when present)."""
+    """masks[n] = score(weights[n]) >= threshold (per-parameter ``thresholds`` win when present).
+
+    ``apply=True`` also zeroes the pruned weights, in the same pass.
+    """
     for name, w in weights.items():
         t = thresholds.get(name, threshold)
-        mask_from_threshold(w, np.float32(t), block, masks[name])
+        mask_from_threshold(w, np.float32(t), block, masks[name], apply=apply)
 
 
 def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:

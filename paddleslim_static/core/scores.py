@@ -60,26 +60,45 @@ def score_source(w: np.ndarray, block: Tuple[int, int], name: str = "") -> Score
 
 
 def mask_from_threshold(
-    w: np.ndarray, threshold: np.float32, block: Tuple[int, int], out: np.ndarray, chunk: int = CHUNK
+    w: np.ndarray,
+    threshold: np.float32,
+    block: Tuple[int, int],
+    out: np.ndarray,
+    apply: bool = False,
+    chunk: int = CHUNK,
 ) -> np.ndarray:
-    """Write ``score(w) >= threshold`` into the bool array ``out`` (same shape as w) and return it."""
+    """Write ``score(w) >= threshold`` into the bool array ``out`` (same shape as w) and return it.
+
+    With ``apply=True`` also multiply ``w`` by the mask in place, chunk by chunk while both are in cache.
+    A NaN weight scores above every threshold, so it is kept: threshold mode never hides a NaN.
+    """
     t = np.float32(threshold)
     if uses_blocks(w.shape, block):
         scores, _ = block_scores(w, block)
-        out[...] = expand_blocks(~(scores < t), w.shape, block)  # NaN kept, as below
+        out[...] = expand_blocks(~(scores < t), w.shape, block)
+        if apply:
+            np.multiply(w, out, out=w)
         return out
     if w.dtype != np.float32 or not w.flags.c_contiguous:
-        w = np.ascontiguousarray(w, dtype=np.float32)
-    keys = w.reshape(-1).view(np.uint32)
+        keys = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32) & _ABS
+        out[...] = keys >= _key(t)
+        if apply:
+            np.multiply(w, out, out=w)
+        return out
+    flat_w = w.reshape(-1)
+    keys = flat_w.view(np.uint32)
     flat = out.reshape(-1)
     buf = np.empty(min(chunk, keys.size), np.uint32)
-    t_key = np.uint32(np.array(t, np.float32).view(np.uint32)) if np.isfinite(t) else None
+    t_key = _key(t)
     for a in range(0, keys.size, chunk):
         b = min(a + chunk, keys.size)
-        if t_key is None:  # threshold +inf: every element pruned
-            flat[a:b] = False
-            continue
         key = np.bitwise_and(keys[a:b], _ABS, out=buf[: b - a])
-        # NaN keys exceed the Inf key, so a NaN weight is kept: threshold mode never hides a NaN
-        np.greater_equal(key, t_key, out=flat[a:b])
+        m = np.greater_equal(key, t_key, out=flat[a:b])
+        if apply:
+            np.multiply(flat_w[a:b], m, out=flat_w[a:b])
     return out
+
+
+def _key(t: np.float32) -> np.uint32:
+    """uint32 key of a non-negative float32 threshold; +inf maps above every finite key (all pruned)."""
+    return np.uint32(np.array(t, np.float32).view(np.uint32))

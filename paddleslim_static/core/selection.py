@@ -5,12 +5,14 @@ Magnitudes are read straight from the weights (sign bit cleared), so no ``|w|`` 
 
 Algorithm (one streaming pass in cache-sized chunks, plus a rare fallback pass):
 
-1. Sample ~2**16 scores with a fixed-seed RNG and take a narrow key bracket [lo, hi] that contains
+1. Sample 2**16 scores with a fixed-seed RNG and take a narrow key bracket (lo, hi] that contains
    the k-th score with overwhelming probability.
-2. Stream all scores once: count (or weigh) the keys below ``lo`` and gather the keys inside the bracket.
+2. Stream all scores once: count (or weigh) the keys <= ``lo`` and gather the keys in (lo, hi].
 3. If the k-th lies inside the bracket, select it there (``np.partition`` on ~1-2% of the data).
-   Otherwise widen the bracket to the side that holds it and stream again. The result is always exact;
-   the sample only decides how fast it is.
+   If it lies at or below ``lo``, one counting pass tells whether it *is* ``lo`` (the common case for a
+   heavily tied value such as the zeros of a sparse model, which are counted, never gathered);
+   otherwise the bracket moves to the side that holds it and the stream runs again. The result is
+   always exact; the sample only decides how fast it is.
 
 A *source* is a float array of scores (weights, whose sign is ignored, or precomputed non-negative block
 scores) and optionally an int array of the same size giving how many elements each score stands for.
@@ -97,7 +99,8 @@ def _direct(sources: Sequence[ScoreSource], k: int) -> int:
     return _select_in(keys, counts, k)
 
 
-def _bracket(key_arrays: List[np.ndarray], q: float, rng: np.random.Generator) -> Tuple[int, int]:
+def _sample(key_arrays: List[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """SAMPLE keys drawn uniformly (fixed seed) from all arrays, sorted."""
     sizes = np.array([a.size for a in key_arrays], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     idx = np.sort(rng.integers(0, offsets[-1], SAMPLE))
@@ -109,21 +112,50 @@ def _bracket(key_arrays: List[np.ndarray], q: float, rng: np.random.Generator) -
             sample[sel] = a[idx[sel] - offsets[j]]
     sample &= _ABS
     sample.sort()
-    margin = 8.0 * math.sqrt(SAMPLE * max(q * (1.0 - q), 1.0 / SAMPLE)) + 2
-    pos = q * (SAMPLE - 1)
+    return sample
+
+
+def _margin(q: float) -> float:
+    """8 standard deviations of the sample position of the q-quantile, in sample elements."""
+    return 8.0 * math.sqrt(SAMPLE * max(q * (1.0 - q), 1.0 / SAMPLE)) + 2
+
+
+def _bracket(sample: np.ndarray, q: float) -> Tuple[int, int]:
+    """Keys (lo, hi) such that lo < k-th <= hi with overwhelming probability.
+
+    When the sample shows the k-th value heavily tied (a run of equal keys wider than the margin, e.g.
+    the zeros of an already-sparse model), lo = hi = that value: the run is then counted, never gathered.
+    """
+    pos, margin = q * (SAMPLE - 1), _margin(q)
     lo = int(sample[max(0, int(pos - margin))])
     hi = int(sample[min(SAMPLE - 1, int(math.ceil(pos + margin)))])
-    return lo, hi
+    at = int(sample[min(SAMPLE - 1, int(round(pos)))])
+    if lo == at or hi == at:
+        return at, at
+    return max(lo - 1, 0), hi  # lo - 1: a k-th equal to the sampled lo still falls inside (lo, hi]
+
+
+def _below(sample: np.ndarray, key: int, q: float) -> int:
+    """A lower bound ~2 margins under ``key`` for the next bracket (the k-th turned out to be < key)."""
+    j = int(np.searchsorted(sample, key, side="left")) - int(2 * _margin(q))
+    return 0 if j <= 0 else max(int(sample[j]) - 1, 0)
+
+
+def _above(sample: np.ndarray, key: int, q: float) -> int:
+    """An upper bound ~2 margins over ``key`` for the next bracket (the k-th turned out to be > key)."""
+    j = int(np.searchsorted(sample, key, side="right")) + int(2 * _margin(q))
+    return int(_INF_KEY) if j >= SAMPLE or int(sample[j]) <= key else int(sample[j])
 
 
 def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int, chunk: int):
-    """One pass: weight below ``lo`` and the keys (with counts) in ``[lo, hi]``."""
+    """One pass: how many elements have key <= lo, and the keys (with counts) in (lo, hi]."""
     buf = np.empty(chunk, np.uint32)
     shifted = np.empty(chunk, np.uint32)
-    below_m = np.empty(chunk, bool)
+    le_m = np.empty(chunk, bool)
     band_m = np.empty(chunk, bool)
-    lo_k, width = np.uint32(lo), np.uint32(hi - lo)
-    below = 0
+    lo_k = np.uint32(lo)
+    start, width = np.uint32(lo + 1), np.uint32(hi - lo - 1) if hi > lo else None
+    n_le = 0
     band_keys: List[np.ndarray] = []
     band_counts: List[np.ndarray] = []
     weighted = any(s.counts is not None for s in sources)
@@ -133,22 +165,34 @@ def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: in
             n = b - a
             key = np.bitwise_and(keys[a:b], _ABS, out=buf[:n])
             _check_finite(int(key.max()), src.name)
-            bm = np.less(key, lo_k, out=below_m[:n])
-            # (key - lo) wraps around for key < lo, so one unsigned compare finds lo <= key <= hi
-            dm = np.less_equal(np.subtract(key, lo_k, out=shifted[:n]), width, out=band_m[:n])
-            if counts is None:
-                below += int(np.count_nonzero(bm))
-                band_keys.append(key[dm])
-                if weighted:
-                    band_counts.append(np.ones(band_keys[-1].size, np.int64))
-            else:
-                c = counts[a:b]
-                below += int(c[bm].sum())
-                band_keys.append(key[dm])
+            le = np.less_equal(key, lo_k, out=le_m[:n])
+            c = None if counts is None else counts[a:b]
+            n_le += int(np.count_nonzero(le)) if c is None else int(c[le].sum())
+            if width is None:
+                continue
+            # key - (lo + 1) wraps around for key <= lo, so one unsigned compare finds lo < key <= hi
+            dm = np.less_equal(np.subtract(key, start, out=shifted[:n]), width, out=band_m[:n])
+            band_keys.append(key[dm])
+            if c is not None:
                 band_counts.append(c[dm].astype(np.int64))
+            elif weighted:
+                band_counts.append(np.ones(band_keys[-1].size, np.int64))
     keys_out = np.concatenate(band_keys) if band_keys else np.empty(0, np.uint32)
     counts_out = np.concatenate(band_counts) if weighted and band_counts else None
-    return below, keys_out, counts_out
+    return n_le, keys_out, counts_out
+
+
+def _count_below(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], key: int, chunk: int) -> int:
+    """How many elements have a key < ``key``."""
+    buf = np.empty(chunk, np.uint32)
+    m = np.empty(chunk, bool)
+    total = 0
+    for src, keys in zip(sources, key_arrays):
+        counts = None if src.counts is None else src.counts.reshape(-1)
+        for a, b in _chunks(keys, chunk):
+            lt = np.less(np.bitwise_and(keys[a:b], _ABS, out=buf[: b - a]), np.uint32(key), out=m[: b - a])
+            total += int(np.count_nonzero(lt)) if counts is None else int(counts[a:b][lt].sum())
+    return total
 
 
 def kth_smallest(
@@ -175,17 +219,21 @@ def kth_smallest(
     if total <= direct_max:
         return np.uint32(_direct(sources, k)).view(np.float32)
     key_arrays = [s.keys_array() for s in sources]
-    lo, hi = _bracket(key_arrays, k / total, np.random.default_rng(seed))
+    q = k / total
+    sample = _sample(key_arrays, np.random.default_rng(seed))
+    lo, hi = _bracket(sample, q)
     while True:
-        below, band, band_counts = _stream(sources, key_arrays, lo, hi, chunk)
-        r = k - below
+        n_le, band, band_counts = _stream(sources, key_arrays, lo, hi, chunk)
+        r = k - n_le
         band_total = band.size if band_counts is None else int(band_counts.sum())
         if 0 <= r < band_total:
             return np.uint32(_select_in(band, band_counts, r)).view(np.float32)
-        if r < 0:  # the k-th is below the bracket
-            lo, hi = 0, lo - 1
-        else:
-            lo, hi = hi + 1, int(_INF_KEY)
+        if r >= band_total:  # the k-th is above hi: everything <= hi is counted next time
+            lo, hi = hi, _above(sample, hi, q)
+        elif lo == 0 or k >= _count_below(sources, key_arrays, lo, chunk):
+            return np.uint32(lo).view(np.float32)  # #(< lo) <= k < #(<= lo): the k-th equals lo
+        else:  # the k-th is below lo
+            lo, hi = _below(sample, lo, q), lo - 1
 
 
 def ratio_threshold(sources: Sequence[ScoreSource], ratio: float, **kw) -> np.float32:
