@@ -42,3 +42,28 @@ class SortBaseline:
     def mask_bytes(self) -> int:
         """Bytes held by the float32 mask tensors."""
         return sum(int(m.size) * m.element_size() for m in self.masks.values())
+
+
+class PaddleSlimBaseline:
+    """PaddleSlim 2.6's dygraph ratio step, re-stated with the one fix Paddle 3 needs to run it.
+
+    ``update_threshold``: every prunable weight copied to the host and flattened, concatenated, ``np.abs``,
+    ``np.sort``, threshold at position ``max(0, round(ratio * n) - 1)``. ``_update_masks``: per parameter
+    ``paddle.abs(p) >= t`` assigned into a float32 mask (PaddleSlim assigns the bool tensor itself, which turns
+    the mask into bool on Paddle 3 and breaks the next forward: the fix is the ``astype``). The masks are then
+    applied as PaddleSlim's forward pre-hook does: ``paddle.assign(p * mask, output=p)``.
+    """
+
+    def __init__(self, params: Sequence[paddle.Tensor], ratio: float) -> None:
+        self.params: List[paddle.Tensor] = list(params)
+        self.ratio = float(ratio)
+        self.threshold = 0.0
+        self.masks = {p.name: paddle.ones(p.shape, dtype="float32") for p in self.params}
+
+    def step(self) -> None:
+        flat = np.concatenate([p.numpy().flatten() for p in self.params], axis=0)
+        self.threshold = np.sort(np.abs(flat))[max(0, round(self.ratio * flat.size) - 1)].item()
+        with paddle.no_grad():
+            for p in self.params:
+                paddle.assign((paddle.abs(p) >= self.threshold).astype("float32"), output=self.masks[p.name])
+                paddle.assign(p * self.masks[p.name], output=p)

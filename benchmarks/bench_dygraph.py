@@ -24,7 +24,7 @@ import numpy as np
 import paddle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline import SortBaseline  # noqa: E402
+from baseline import PaddleSlimBaseline, SortBaseline  # noqa: E402
 
 from paddleslim_dygraph import UnstructuredPruner  # noqa: E402
 
@@ -103,6 +103,7 @@ def bench_step(name: str, build: Callable[[], paddle.nn.Layer], reps: int) -> Di
             np.copyto(_view(p), snapshot[p.name])
 
     baseline = SortBaseline(params, RATIO)
+    paddleslim = PaddleSlimBaseline(params, RATIO)
     ratio_p.step()  # threshold for the threshold-mode pruner: the same 70%
     thr = ratio_p.threshold
     restore()
@@ -113,8 +114,9 @@ def bench_step(name: str, build: Callable[[], paddle.nn.Layer], reps: int) -> Di
     # below rewrites all masks, so the two never see each other's state.
     thr_p = UnstructuredPruner(model, "threshold", threshold=thr)
 
-    times: Dict[str, List[float]] = {"ours": [], "baseline": [], "threshold": [], "ours_pruned": []}
-    runs = [("ours", ratio_p.step, True), ("baseline", baseline.step, True),
+    times: Dict[str, List[float]] = {"ours": [], "baseline": [], "paddleslim": [], "threshold": [],
+                                     "ours_pruned": []}
+    runs = [("ours", ratio_p.step, True), ("baseline", baseline.step, True), ("paddleslim", paddleslim.step, True),
             ("threshold", thr_p.step, True), ("ours_pruned", ratio_p.step, False)]
     for _ in range(reps):
         for key, fn, fresh in runs:
@@ -132,7 +134,7 @@ def bench_step(name: str, build: Callable[[], paddle.nn.Layer], reps: int) -> Di
                float_bytes=baseline.mask_bytes())
     ratio_p.finalize()
     thr_p.finalize()
-    del model, params, snapshot, baseline
+    del model, params, snapshot, baseline, paddleslim
     return out
 
 
@@ -140,15 +142,17 @@ def report_step(results: List[Dict[str, object]], reps: int) -> str:
     rows = []
     for r in results:
         rows.append([
-            str(r["name"]), f"{r['n'] / 1e6:.1f}M", _fmt_s(r["baseline"]), _fmt_s(r["ours"]),
-            f"**{r['baseline'] / r['ours']:.1f}x**", _fmt_s(r["threshold"]), f"{r['ours'] / r['threshold']:.2f}",
+            str(r["name"]), f"{r['n'] / 1e6:.1f}M", _fmt_s(r["paddleslim"]), _fmt_s(r["baseline"]),
+            _fmt_s(r["ours"]), f"**{r['paddleslim'] / r['ours']:.1f}x** / {r['baseline'] / r['ours']:.1f}x",
+            _fmt_s(r["threshold"]), f"{r['ours'] / r['threshold']:.2f}",
             _fmt_s(r["ours_pruned"]), "yes" if r["same_threshold"] else "**NO**",
         ])
     head = (f"### step() at ratio {RATIO} (global), median of {reps}\n\n"
             "Weights are restored to the dense initial values before every timed call, except in the "
             "'ratio, pruned w' column (step() again on the already 70%-pruned weights).\n\n")
     return head + _table(
-        ["network", "prunable weights", "sort baseline", "ratio step", "speed-up", "threshold step",
+        ["network", "prunable weights", "PaddleSlim 2.6 step", "lean sort baseline", "ratio step (ours)",
+         "speed-up vs PaddleSlim / lean sort", "threshold step",
          "ratio/threshold", "ratio, pruned w", "same threshold"], rows)
 
 
