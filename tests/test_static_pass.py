@@ -234,3 +234,24 @@ def test_legacy_ir_program(static):
             dens = sum(scope_array(scope, n).astype(bool).sum() for n in names) / sum(
                 scope_array(scope, n).size for n in names)
             assert abs(dens - 0.3) < 0.01
+
+
+def test_gmp_recomputes_masks_after_startup_rerun(static):
+    """Startup re-run resets masks to True; a GMP pruner that had pruned recomputes on its next step."""
+    from paddleslim_static import GMPUnstructuredPruner
+    net = static_net(MLP, _momentum)
+    scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
+    cfg = {"stable_iterations": 0, "pruning_iterations": 100, "tunning_iterations": 10, "resume_iteration": -1,
+           "pruning_steps": 2, "initial_ratio": 0.3}
+    with paddle.static.scope_guard(scope):
+        exe.run(net.startup)
+        pruner = GMPUnstructuredPruner(net.main, ratio=0.6, scope=scope, configs=cfg, startup_program=net.startup)
+        pruner.step()
+        pruner.step()  # ratio unchanged: masks only applied
+        assert pruner.ratio == 0.3
+        exe.run(net.startup)
+        assert all(scope_array(scope, v).all() for v in pruner.masks.values())
+        pruner.step()  # ratio still 0.3, but the masks were lost: recomputed
+        zeros = sum(int((scope_array(scope, n) == 0).sum()) for n in pruner.prunable_params)
+        assert zeros == round(0.3 * sum(scope_array(scope, n).size for n in pruner.prunable_params))
+        assert scope_array(scope, GLOBAL_THRESHOLD_VAR) == np.float32(pruner.threshold)
