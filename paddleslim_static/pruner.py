@@ -24,7 +24,7 @@ import paddle
 from .core import density as _density
 from .core.params import ParamInfo, is_conv1x1
 from .core.schedule import GMPSchedule
-from .mask_pass import MaskPassResult, apply_mask_pass
+from .mask_pass import MaskPassResult, apply_mask_pass, masked_params
 from .program_utils import (
     check_program, host_view, program_mode, is_initialized, param_infos, parameter_names, scope_arrays,
     tensor_of, write_scope,
@@ -141,6 +141,11 @@ class UnstructuredPruner(PrunerBase):
         scalars: Dict[str, Any] = {v: float(self.threshold) for v in tvars.values()}
         scalars[READY_VAR] = False
         self.pass_result = apply_mask_pass(self.program, self.startup_program, names, scalars)
+        if not masked_params(self.program):
+            _log.warning(
+                "the program has no optimizer update ops, so no mask ops were added: fine for an eval or "
+                "inference program; for training, construct the pruner after optimizer.minimize(loss)"
+            )
         self._mask_of = dict(self.pass_result.mask_vars)
         self._tvars = tvars
         shapes = {p.name: p.shape for p in self._param_infos()}

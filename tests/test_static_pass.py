@@ -255,3 +255,15 @@ def test_gmp_recomputes_masks_after_startup_rerun(static):
         zeros = sum(int((scope_array(scope, n) == 0).sum()) for n in pruner.prunable_params)
         assert zeros == round(0.3 * sum(scope_array(scope, n).size for n in pruner.prunable_params))
         assert scope_array(scope, GLOBAL_THRESHOLD_VAR) == np.float32(pruner.threshold)
+
+
+def test_pruner_before_minimize_warns(static, caplog):
+    import logging
+    from paddleslim_static import UnstructuredPruner
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [None, 4], "float32")
+        paddle.nn.Linear(4, 3)(x).mean()
+    with caplog.at_level(logging.WARNING, logger="paddleslim"):
+        UnstructuredPruner(main, "ratio", scope=paddle.static.Scope(), startup_program=startup)
+    assert "after optimizer.minimize" in caplog.text
