@@ -1,5 +1,7 @@
 """Unstructured sparsity for PaddlePaddle 3 (static Program pass + dygraph pruners + export tool)."""
-from setuptools import setup
+import sys
+
+from setuptools import Extension, setup
 
 setup(
     name="paddleslim-sparsity",
@@ -12,6 +14,15 @@ setup(
     packages=["paddleslim_static", "paddleslim_static.core", "paddleslim_dygraph", "paddleslim_tools"],
     package_dir={"paddleslim_tools": "tools"},
     package_data={"paddleslim_tools": ["data/*.npz"]},
+    # Optional C kernels for the core's two streaming passes; without a compiler the numpy code runs instead.
+    ext_modules=[
+        Extension(
+            "paddleslim_static.core._kernels",
+            ["paddleslim_static/core/_kernels.c"],
+            extra_compile_args=["-O3", "-fno-strict-aliasing"] if sys.platform != "win32" else ["/O2"],
+            optional=True,
+        )
+    ],
     install_requires=["paddlepaddle>=3.0", "numpy"],
     extras_require={
         "test": ["pytest", "hypothesis", "onnx", "paddle2onnx", "onnxruntime"],

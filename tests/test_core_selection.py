@@ -11,6 +11,17 @@ from paddleslim_static.core import (
 from paddleslim_static.core.selection import _select_in
 
 import reference as ref
+from paddleslim_static.core import kernels
+
+
+@pytest.fixture(autouse=True, scope="module", params=["c-kernels", "numpy"])
+def backend(request):
+    """Every test here runs on the C kernels (when built) and on the numpy code."""
+    if request.param == "c-kernels" and not kernels.available():
+        pytest.skip("C kernels not built (no compiler at install time)")
+    previous = kernels.use_c(request.param == "c-kernels")
+    yield request.param
+    kernels.use_c(previous)
 
 shapes = st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple)
 

@@ -10,6 +10,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from . import kernels
 from .scores import mask_from_threshold, score_source
 from .selection import ScoreSource, kth_smallest, ratio_threshold
 
@@ -54,7 +55,10 @@ def fill_masks(
 def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
     """weights[n] *= masks[n], in place."""
     for name, w in weights.items():
-        np.multiply(w, masks[name], out=w)
+        if kernels.eligible(w, masks[name]):
+            kernels.apply(w, masks[name])
+        else:
+            np.multiply(w, masks[name], out=w)
 
 
 def masks_from_nonzero(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:

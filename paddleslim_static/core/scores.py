@@ -5,6 +5,7 @@ from typing import Tuple
 
 import numpy as np
 
+from . import kernels
 from .selection import CHUNK, ScoreSource
 
 __all__ = ["uses_blocks", "block_scores", "expand_blocks", "score_source", "mask_from_threshold"]
@@ -84,6 +85,9 @@ def mask_from_threshold(
         out[...] = keys >= _key(t)
         if apply:
             np.multiply(w, out, out=w)
+        return out
+    if kernels.eligible(w, out):
+        kernels.mask_apply(w, out, int(_key(t)), apply)
         return out
     flat_w = w.reshape(-1)
     keys = flat_w.view(np.uint32)
