@@ -1,7 +1,7 @@
 """The optional C kernels compute exactly the bits the numpy code computes."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from paddleslim_static.core import ScoreSource, fill_masks, kernels, ratio_threshold
 from paddleslim_static.core.engine import apply_masks
@@ -31,9 +31,33 @@ def _both(fn):
     return out
 
 
+@pytest.fixture(params=["avx2", "portable"])
+def stream_version(request):
+    from paddleslim_static.core import _kernels
+    if request.param == "avx2" and not _kernels.has_avx2():
+        pytest.skip("no AVX2 on this CPU")
+    previous = _kernels.set_avx2(request.param == "avx2")
+    yield request.param
+    _kernels.set_avx2(previous)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 31, 33, 100, 1000])
+@pytest.mark.parametrize("lo_hi", [(0, 0), (0, 0x3F800000), (0x3F000000, 0x3F800000), (0x3F800000, 0x3F800000),
+                                   (0x3F800000, 0x7F800000), (0x7F7FFFFF, 0x7F800000)])
+def test_stream_block_edges(stream_version, n, lo_hi):
+    rng = np.random.default_rng(n)
+    w = rng.standard_normal(n).astype(np.float32)
+    w[: n // 3] = 0.0
+    _check_stream(w, *lo_hi)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(weights(), st.integers(0, 0x7F800000), st.integers(0, 0x7F800000))
-def test_stream_matches_numpy(w, a, b):
-    lo, hi = min(a, b), max(a, b)
+def test_stream_matches_numpy(stream_version, w, a, b):
+    _check_stream(w, min(a, b), max(a, b))
+
+
+def _check_stream(w, lo, hi):
     keys = w.view(np.uint32)
     band = np.empty(max(1, keys.size), np.uint32)
     n_le, nb, mx = kernels.stream(keys, lo, hi, band)

@@ -4,6 +4,7 @@
  * same uint32 keys (float32 bit patterns with the sign bit cleared), in one pass instead of several:
  *
  *   stream(keys, lo, hi, band_out)      -> (count of keys <= lo, keys in (lo, hi] written to band_out, max key)
+ *                                          (AVX2 version chosen at run time on x86-64, portable C otherwise)
  *   mask_apply(w, mask, t_key, apply)   -> mask = key(w) >= t_key; if apply: w *= mask
  *   apply(w, mask)                      -> w *= mask
  *
@@ -20,10 +21,16 @@
 #define MULTIVERSION
 #endif
 
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#endif
+
 #define BLOCK 32
 
-MULTIVERSION
-static uint32_t stream_u32(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
+/* Portable version (any compiler/CPU): a vectorisable check per BLOCK keys, a scalar compaction for the rare
+ * blocks that hold band keys. */
+static uint32_t stream_portable(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
                            uint32_t *band, Py_ssize_t *nb)
 {
     uint64_t le = 0;
@@ -61,6 +68,81 @@ static uint32_t stream_u32(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint
     *n_le = le;
     *nb = b;
     return mx;
+}
+
+#ifdef HAVE_AVX2_PATH
+/* AVX2 version: 16 keys per step, unsigned compares via a sign flip, band keys found with movemask + ctz. */
+__attribute__((target("avx2")))
+static uint32_t stream_avx2(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
+                            uint32_t *band, Py_ssize_t *nb)
+{
+    const uint32_t start = lo + 1u, width = hi - lo - 1u;
+    const int has_band = hi > lo;
+    const __m256i ABS = _mm256_set1_epi32(0x7FFFFFFF), FLIP = _mm256_set1_epi32((int)0x80000000u);
+    /* keys are <= 0x7F800000, so lo + 1 and width + 1 = hi - lo cannot overflow:
+     * k <= lo  <=>  k < lo + 1;  (k - start) <= width  <=>  (k - start) < width + 1  (unsigned, via FLIP) */
+    const __m256i LO1 = _mm256_set1_epi32((int)((lo + 1u) ^ 0x80000000u));
+    const __m256i START = _mm256_set1_epi32((int)start);
+    const __m256i WIDTH1 = _mm256_set1_epi32((int)((width + 1u) ^ 0x80000000u));
+    __m256i vmx0 = _mm256_setzero_si256(), vmx1 = _mm256_setzero_si256();
+    Py_ssize_t b = 0, i = 0;
+    uint64_t le = 0;
+    uint32_t t[8], mx = 0;
+    while (i + 16 <= n) {
+        Py_ssize_t end = i + ((n - i) & ~(Py_ssize_t)15);
+        if (end - i > ((Py_ssize_t)1 << 24)) /* per-lane counters stay below 2^32 */
+            end = i + ((Py_ssize_t)1 << 24);
+        __m256i vle = _mm256_setzero_si256();
+        for (; i < end; i += 16) {
+            __m256i k0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(bits + i)), ABS);
+            __m256i k1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(bits + i + 8)), ABS);
+            vmx0 = _mm256_max_epu32(vmx0, k0);
+            vmx1 = _mm256_max_epu32(vmx1, k1);
+            vle = _mm256_sub_epi32(vle, _mm256_cmpgt_epi32(LO1, _mm256_xor_si256(k0, FLIP)));
+            vle = _mm256_sub_epi32(vle, _mm256_cmpgt_epi32(LO1, _mm256_xor_si256(k1, FLIP)));
+            if (!has_band)
+                continue;
+            __m256i b0 = _mm256_cmpgt_epi32(WIDTH1, _mm256_xor_si256(_mm256_sub_epi32(k0, START), FLIP));
+            __m256i b1 = _mm256_cmpgt_epi32(WIDTH1, _mm256_xor_si256(_mm256_sub_epi32(k1, START), FLIP));
+            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(b0)) |
+                         ((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(b1)) << 8);
+            while (m) {
+                band[b++] = bits[i + __builtin_ctz(m)] & 0x7FFFFFFFu;
+                m &= m - 1;
+            }
+        }
+        _mm256_storeu_si256((__m256i *)t, vle);
+        for (int j = 0; j < 8; j++)
+            le += t[j];
+    }
+    _mm256_storeu_si256((__m256i *)t, _mm256_max_epu32(vmx0, vmx1));
+    for (int j = 0; j < 8; j++)
+        mx = t[j] > mx ? t[j] : mx;
+    for (; i < n; i++) {
+        uint32_t k = bits[i] & 0x7FFFFFFFu;
+        mx = k > mx ? k : mx;
+        le += (k <= lo);
+        if (has_band) {
+            band[b] = k;
+            b += ((uint32_t)(k - start) <= width);
+        }
+    }
+    *n_le = le;
+    *nb = b;
+    return mx;
+}
+#endif
+
+static int allow_avx2 = 1; /* tests switch it off to run the portable version on AVX2 machines */
+
+static uint32_t stream_u32(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
+                           uint32_t *band, Py_ssize_t *nb)
+{
+#ifdef HAVE_AVX2_PATH
+    if (allow_avx2 && __builtin_cpu_supports("avx2"))
+        return stream_avx2(bits, n, lo, hi, n_le, band, nb);
+#endif
+    return stream_portable(bits, n, lo, hi, n_le, band, nb);
 }
 
 MULTIVERSION
@@ -176,7 +258,28 @@ done:
     return res;
 }
 
+static PyObject *py_set_avx2(PyObject *self, PyObject *args)
+{
+    int flag;
+    if (!PyArg_ParseTuple(args, "p", &flag))
+        return NULL;
+    int previous = allow_avx2;
+    allow_avx2 = flag;
+    return PyBool_FromLong(previous);
+}
+
+static PyObject *py_has_avx2(PyObject *self, PyObject *noargs)
+{
+#ifdef HAVE_AVX2_PATH
+    return PyBool_FromLong(__builtin_cpu_supports("avx2") != 0);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyMethodDef methods[] = {
+    {"set_avx2", py_set_avx2, METH_VARARGS, "set_avx2(flag) -> previous: allow the AVX2 stream (tests)"},
+    {"has_avx2", py_has_avx2, METH_NOARGS, "has_avx2() -> whether the AVX2 stream can run here"},
     {"stream", py_stream, METH_VARARGS, "stream(keys, lo, hi, band_out) -> (n_le, n_band, max_key)"},
     {"mask_apply", py_mask_apply, METH_VARARGS, "mask_apply(w, mask, t_key, apply) -> None"},
     {"apply", py_apply, METH_VARARGS, "apply(w, mask) -> None"},
