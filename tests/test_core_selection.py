@@ -182,3 +182,17 @@ def test_quantized_weights_many_ties(seed, ratio, levels):
     w = (rng.integers(-levels, levels + 1, 5000) / levels).astype(np.float32)
     got = ratio_threshold([ScoreSource(w)], ratio, chunk=257, direct_max=0)
     assert got == ref.ratio_threshold([w], ratio)
+
+
+def test_second_step_on_pruned_weights_takes_one_pass(monkeypatch):
+    # after a step exactly k weights are 0: the k-th is the smallest nonzero, right above the run of zeros
+    from paddleslim_static.core import selection
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal(500_000).astype(np.float32)
+    t = ref.ratio_threshold([w], 0.7)
+    w[np.abs(w) < t] = 0.0
+    passes = []
+    real = selection._stream
+    monkeypatch.setattr(selection, "_stream", lambda *a: (passes.append(1), real(*a))[1])
+    assert ratio_threshold([ScoreSource(w)], 0.7, chunk=1 << 15, direct_max=0) == t
+    assert len(passes) == 1

@@ -127,13 +127,15 @@ def _bracket(sample: np.ndarray, q: float) -> Tuple[int, int]:
     """Keys (lo, hi) such that lo < k-th <= hi with overwhelming probability.
 
     When the sample shows the k-th value heavily tied (a run of equal keys wider than the margin, e.g.
-    the zeros of an already-sparse model), lo = hi = that value: the run is then counted, never gathered.
+    the zeros of an already-sparse model), lo is that value: the run is then counted, never gathered.
     """
     pos, margin = q * (SAMPLE - 1), _margin(q)
     lo = int(sample[max(0, int(pos - margin))])
     hi = int(sample[min(SAMPLE - 1, int(math.ceil(pos + margin)))])
     at = int(sample[min(SAMPLE - 1, int(round(pos)))])
-    if lo == at or hi == at:
+    if lo == at:  # a tied run reaches down past the margin (e.g. zeros): count it, gather only above it
+        return at, hi
+    if hi == at:  # a tied run reaches up past the margin: count it; an answer below it costs one more pass
         return at, at
     return max(lo - 1, 0), hi  # lo - 1: a k-th equal to the sampled lo still falls inside (lo, hi]
 
