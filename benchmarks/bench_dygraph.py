@@ -134,7 +134,7 @@ def bench_step(name: str, build: Callable[[], paddle.nn.Layer], reps: int) -> Di
                float_bytes=baseline.mask_bytes())
     ratio_p.finalize()
     thr_p.finalize()
-    del model, params, snapshot, baseline, paddleslim
+    snapshot.clear()  # free the copies before the next network is built
     return out
 
 

@@ -11,7 +11,6 @@ A subclass implements four hooks:
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
 from typing import Any, Callable, ContextManager, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -79,8 +78,8 @@ class PrunerBase(abc.ABC):
     @abc.abstractmethod
     def _open(self, names: Sequence[str]) -> ContextManager[Tuple[Arrays, Arrays]]: ...
 
-    def _on_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None:
-        """Called whenever the thresholds change."""
+    def _on_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None:  # noqa: B027
+        """Called whenever the thresholds change (optional hook; static pruners write scope variables)."""
 
     # -- public API --------------------------------------------------------------------------------
     @property

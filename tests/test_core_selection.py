@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
-from hypothesis.extra import numpy as hnp
 
 from paddleslim_static.core import (
     NonFiniteScoreError, ScoreSource, block_scores, fill_masks, kth_smallest, prune_count, ratio_threshold,

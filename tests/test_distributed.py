@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 
 def test_data_parallel_ranks_agree(tmp_path):

@@ -1,5 +1,4 @@
 """Dygraph pruners: options, masks as buffers, the forward guarantee, GMP resume, errors, real training."""
-import math
 import os
 
 import numpy as np

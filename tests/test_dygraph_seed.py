@@ -1,7 +1,6 @@
 """The seed API page's five examples, each asserting what the page says happens."""
 import numpy as np
 import paddle
-import pytest
 from paddle.vision.models import LeNet as net
 
 from paddleslim_dygraph import UnstructuredPruner

@@ -93,7 +93,7 @@ def test_thresholds_equal_on_large_input():
     ws = [rng.standard_normal(300_000).astype(np.float32) for _ in range(3)]
     ws[1][rng.random(300_000) < 0.6] = 0
     for ratio in (0.1, 0.5, 0.7, 0.95):
-        c, py = _both(lambda: ratio_threshold([ScoreSource(w) for w in ws], ratio))
+        c, py = _both(lambda r=ratio: ratio_threshold([ScoreSource(w) for w in ws], r))
         assert c.tobytes() == py.tobytes()
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Collection, Iterable, List, Optional, Sequence, Set, Tuple
 
 __all__ = ["ParamInfo", "is_conv1x1", "default_skip", "resolve_prunable"]
 
