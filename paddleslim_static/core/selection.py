@@ -103,15 +103,12 @@ def _direct(sources: Sequence[ScoreSource], k: int) -> int:
 
 def _sample(key_arrays: List[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """SAMPLE keys drawn uniformly (fixed seed) from all arrays, sorted."""
-    sizes = np.array([a.size for a in key_arrays], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    offsets = np.concatenate([[0], np.cumsum([a.size for a in key_arrays], dtype=np.int64)])
     idx = np.sort(rng.integers(0, offsets[-1], SAMPLE))
-    which = np.searchsorted(offsets, idx, side="right") - 1
-    sample = np.empty(SAMPLE, np.uint32)
-    for j, a in enumerate(key_arrays):
-        sel = which == j
-        if sel.any():
-            sample[sel] = a[idx[sel] - offsets[j]]
+    bounds = np.searchsorted(idx, offsets)  # idx is sorted: each array's draws are one slice of it
+    parts = [a[idx[bounds[j]:bounds[j + 1]] - offsets[j]]
+             for j, a in enumerate(key_arrays) if bounds[j + 1] > bounds[j]]
+    sample = np.concatenate(parts)
     sample &= _ABS
     sample.sort()
     return sample
