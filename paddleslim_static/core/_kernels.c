@@ -28,6 +28,25 @@
 
 #define BLOCK 32
 
+/* The scalar loop both versions finish with (and the reference for what one key does). */
+static uint32_t stream_tail(const uint32_t *bits, Py_ssize_t i, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t le,
+                            uint32_t mx, uint32_t *band, Py_ssize_t b, uint64_t *n_le, Py_ssize_t *nb)
+{
+    const uint32_t start = lo + 1u, width = hi - lo - 1u;
+    for (; i < n; i++) {
+        uint32_t k = bits[i] & 0x7FFFFFFFu;
+        mx = k > mx ? k : mx;
+        le += (k <= lo);
+        if (hi > lo) {
+            band[b] = k;
+            b += ((uint32_t)(k - start) <= width);
+        }
+    }
+    *n_le = le;
+    *nb = b;
+    return mx;
+}
+
 /* Portable version (any compiler/CPU): a vectorisable check per BLOCK keys, a scalar compaction for the rare
  * blocks that hold band keys. */
 static uint32_t stream_portable(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
@@ -56,18 +75,7 @@ static uint32_t stream_portable(const uint32_t *bits, Py_ssize_t n, uint32_t lo,
             }
         }
     }
-    for (; i < n; i++) {
-        uint32_t k = bits[i] & 0x7FFFFFFFu;
-        mx = k > mx ? k : mx;
-        le += (k <= lo);
-        if (has_band) {
-            band[b] = k;
-            b += ((uint32_t)(k - start) <= width);
-        }
-    }
-    *n_le = le;
-    *nb = b;
-    return mx;
+    return stream_tail(bits, i, n, lo, hi, le, mx, band, b, n_le, nb);
 }
 
 #ifdef HAVE_AVX2_PATH
@@ -118,18 +126,7 @@ static uint32_t stream_avx2(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uin
     _mm256_storeu_si256((__m256i *)t, _mm256_max_epu32(vmx0, vmx1));
     for (int j = 0; j < 8; j++)
         mx = t[j] > mx ? t[j] : mx;
-    for (; i < n; i++) {
-        uint32_t k = bits[i] & 0x7FFFFFFFu;
-        mx = k > mx ? k : mx;
-        le += (k <= lo);
-        if (has_band) {
-            band[b] = k;
-            b += ((uint32_t)(k - start) <= width);
-        }
-    }
-    *n_le = le;
-    *nb = b;
-    return mx;
+    return stream_tail(bits, i, n, lo, hi, le, mx, band, b, n_le, nb);
 }
 #endif
 
