@@ -238,6 +238,10 @@ def test_compressed_densifies_bit_for_bit_and_cutoff(tmp_path):
     for sp in small.graph.sparse_initializer:  # INT64 linear indices, as the checker demands
         assert sp.indices.data_type == onnx.TensorProto.INT64
     onnx.checker.check_model(small)
+    meta = {p.key: p.value for p in small.metadata_props}  # the file states what it saves
+    assert int(meta["paddleslim.sparse_initializers"]) == len(small.graph.sparse_initializer)
+    before, after = (int(x) for x in meta["paddleslim.weight_bytes_dense_to_stored"].split(" (")[0].split(" -> "))
+    assert after < before
     a = np.zeros(100, np.float32)
     a[:30] = 1
     assert should_store_sparse(a) is True and should_store_sparse(np.ones(100, np.float32)) is False

@@ -35,6 +35,10 @@ INDEX_BYTES = 8  # INT64 linear index per nonzero (the ONNX checker requires INT
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
+_META_SPARSE = "paddleslim.sparse_initializers"
+_META_BYTES = "paddleslim.weight_bytes_dense_to_stored"
+
+
 def coo_bytes(nnz: int, itemsize: int) -> int:
     """Payload bytes of a COO tensor with ``nnz`` stored values of ``itemsize`` bytes and INT64 indices."""
     return int(nnz) * (int(itemsize) + INDEX_BYTES)
@@ -103,8 +107,10 @@ def compress(model: onnx.ModelProto, max_density: Optional[float] = None) -> Tup
     out = canonicalize(model)
     g = out.graph
     dense, names = [], []
+    bytes_before = bytes_after = 0
     for t in g.initializer:
         arr = numpy_helper.to_array(t)
+        bytes_before += arr.nbytes
         if t.data_type in _FLOAT_TYPES and should_store_sparse(arr, max_density):
             flat = arr.reshape(-1)
             idx = np.flatnonzero(_stored_mask(arr)).astype(np.int64)
@@ -112,10 +118,18 @@ def compress(model: onnx.ModelProto, max_density: Optional[float] = None) -> Tup
             indices = numpy_helper.from_array(idx, t.name + "_indices")
             g.sparse_initializer.append(onnx.helper.make_sparse_tensor(values, indices, list(arr.shape)))
             names.append(t.name)
+            bytes_after += coo_bytes(idx.size, arr.dtype.itemsize)
         else:
             dense.append(t)
+            bytes_after += arr.nbytes
     del g.initializer[:]
     g.initializer.extend(dense)
+    # the file states what it saves; densify() drops these entries again
+    onnx.helper.set_model_props(out, {
+        **{p.key: p.value for p in out.metadata_props},
+        _META_SPARSE: str(len(names)),
+        _META_BYTES: f"{bytes_before} -> {bytes_after} ({bytes_after / max(bytes_before, 1):.3f}x)",
+    })
     return out, names
 
 
@@ -140,6 +154,10 @@ def densify(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.sparse_initializer[:]
     del g.initializer[:]
     g.initializer.extend(tensors[n] for n in sorted(tensors))
+    kept = [(p.key, p.value) for p in out.metadata_props if p.key not in (_META_SPARSE, _META_BYTES)]
+    del out.metadata_props[:]
+    for key, value in kept:
+        out.metadata_props.add(key=key, value=value)
     return out
 
 
