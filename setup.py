@@ -13,7 +13,8 @@ setup(
     python_requires=">=3.9",
     packages=["paddleslim_static", "paddleslim_static.core", "paddleslim_dygraph", "paddleslim_tools"],
     package_dir={"paddleslim_tools": "tools"},
-    package_data={"paddleslim_tools": ["data/*.npz"]},
+    package_data={"paddleslim_tools": ["data/*.npz"], "paddleslim_static": ["py.typed"],
+                  "paddleslim_dygraph": ["py.typed"]},
     # Optional C kernels for the core's two streaming passes; without a compiler the numpy code runs instead.
     ext_modules=[
         Extension(

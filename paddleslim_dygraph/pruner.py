@@ -114,7 +114,7 @@ class UnstructuredPruner(PrunerBase):
         self._mask_of: Dict[str, paddle.Tensor] = {}
         super().__init__(model, mode, ratio, threshold, prune_params_type, skip_params_func,
                          local_sparsity, sparse_block)
-        self._hook = model.register_forward_pre_hook(self._before_forward)
+        self._hook = model.register_forward_pre_hook(self._before_forward)  # type: ignore[arg-type]
         if self.mode == "threshold":
             self._masks_from_threshold()
 

@@ -37,7 +37,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Uni
 
 import paddle
 
-from .program_utils import _all_ops, check_program, has_optimizer_ops, is_pir_program, program_mode, value_name
+from .program_utils import (
+    _all_ops, check_program, has_optimizer_ops, is_pir_program, param_name, program_mode, value_name,
+)
 
 __all__ = ["MASK_SUFFIX", "MaskPassResult", "apply_mask_pass", "mask_var_name", "masked_params"]
 
@@ -139,7 +141,7 @@ class _PirImpl:
         self.block = program.global_block()
 
     def params(self) -> Dict[str, Any]:
-        return {value_name(p): p for p in self.block.all_parameters()}
+        return {param_name(p): p for p in self.block.all_parameters()}
 
     def num_ops(self) -> int:
         return self.block.num_ops()
@@ -192,7 +194,8 @@ class _LegacyImpl:
     def create_var(self, name: str, shape: Sequence[int], dtype: str, value: Scalar) -> Any:
         if name in self.block.vars:
             raise ValueError(f"cannot create variable {name!r}: the program already has a non-persistable one")
-        return paddle.static.create_global_var(list(shape), value, dtype, persistable=True, name=name)
+        return paddle.static.create_global_var(list(shape), value, dtype, persistable=True,  # type: ignore[arg-type]
+                                               name=name)
 
     def append_mask_op(self, param: Any, mask: Any) -> None:
         with self.program._optimized_guard([param, mask]):

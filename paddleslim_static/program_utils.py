@@ -19,7 +19,7 @@ from .core.params import ParamInfo
 __all__ = [
     "NORM_OPS_PIR", "NORM_OPS_LEGACY", "OPTIMIZER_OPS_PIR", "is_pir_program", "check_program",
     "param_infos", "parameter_names", "norm_param_names", "has_optimizer_ops", "value_name",
-    "tensor_of", "is_initialized", "host_view", "scope_arrays", "write_scope", "program_mode",
+    "param_name", "tensor_of", "is_initialized", "host_view", "scope_arrays", "write_scope", "program_mode",
 ]
 
 # Exact op names: after minimize() the program also holds "<name>_grad" ops, which must not match.
@@ -86,9 +86,17 @@ def _parameters(program: Any) -> List[Any]:
     return list(program.global_block().all_parameters())
 
 
+def param_name(param: Any) -> str:
+    """Name of a parameter (PIR value or legacy variable); parameters always have one."""
+    name = value_name(param)
+    if name is None:
+        raise ValueError(f"parameter without a name: {param!r}")
+    return name
+
+
 def parameter_names(program: Any) -> List[str]:
     """Names of ``program.global_block().all_parameters()`` (BatchNorm statistics included)."""
-    return [value_name(p) for p in _parameters(check_program(program))]
+    return [param_name(p) for p in _parameters(check_program(program))]
 
 
 def _all_ops(program: Any) -> Iterator[Any]:
@@ -130,7 +138,7 @@ def param_infos(program: Any) -> List[ParamInfo]:
     norms = norm_param_names(program)
     infos = []
     for p in _parameters(check_program(program)):
-        name = value_name(p)
+        name = param_name(p)
         infos.append(ParamInfo(name, tuple(int(d) for d in p.shape), name in norms, None))
     return infos
 
