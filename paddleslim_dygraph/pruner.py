@@ -148,6 +148,8 @@ class UnstructuredPruner(PrunerBase):
 
     @contextlib.contextmanager
     def _open(self, names: Sequence[str]):
+        if getattr(self, "_finalized", False):
+            raise RuntimeError("this pruner was finalize()d: its masks are gone; build a new pruner to prune again")
         weights, masks, write_backs = {}, {}, []
         for n in names:
             weights[n], w_back = _host(self._params[n])
@@ -177,7 +179,7 @@ class UnstructuredPruner(PrunerBase):
             if p.name in self._mask_of:
                 layer._buffers.pop(f"{attr}_mask", None)
         self._mask_of.clear()
-        self._prunable = []
+        self._finalized = True
 
     @classmethod
     def _for_summary(cls, target: Any) -> "UnstructuredPruner":

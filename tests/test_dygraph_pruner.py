@@ -163,6 +163,8 @@ def test_set_static_masks_keeps_pattern_and_finalize():
     pruner.finalize()
     assert not any(k.endswith("_mask") for k in model.state_dict())
     model(paddle.rand([2, 1, 28, 28]))  # no hook left; still runs
+    with pytest.raises(RuntimeError, match="finalize"):
+        pruner.step()
 
 
 def test_density_helpers_and_sparse_by_layer():
