@@ -207,12 +207,15 @@ done:
     return res;
 }
 
-static PyObject *py_mask_apply(PyObject *self, PyObject *args)
+/* mask_apply(w, mask, t_key, apply) and apply(w, mask): one float32 buffer and one byte per weight. */
+static PyObject *weights_and_mask(PyObject *args, int with_threshold)
 {
     Py_buffer w, mask;
-    unsigned long t_key;
-    int apply;
-    if (!PyArg_ParseTuple(args, "w*w*kp", &w, &mask, &t_key, &apply))
+    unsigned long t_key = 0;
+    int apply = 1;
+    int ok = with_threshold ? PyArg_ParseTuple(args, "w*w*kp", &w, &mask, &t_key, &apply)
+                            : PyArg_ParseTuple(args, "w*y*", &w, &mask);
+    if (!ok)
         return NULL;
     PyObject *res = NULL;
     if (check_items(&w, 4, "w") < 0)
@@ -222,7 +225,10 @@ static PyObject *py_mask_apply(PyObject *self, PyObject *args)
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    mask_apply_f32((float *)w.buf, (uint8_t *)mask.buf, mask.len, (uint32_t)t_key, apply);
+    if (with_threshold)
+        mask_apply_f32((float *)w.buf, (uint8_t *)mask.buf, mask.len, (uint32_t)t_key, apply);
+    else
+        apply_f32((float *)w.buf, (const uint8_t *)mask.buf, mask.len);
     Py_END_ALLOW_THREADS
     Py_INCREF(Py_None);
     res = Py_None;
@@ -232,28 +238,9 @@ done:
     return res;
 }
 
-static PyObject *py_apply(PyObject *self, PyObject *args)
-{
-    Py_buffer w, mask;
-    if (!PyArg_ParseTuple(args, "w*y*", &w, &mask))
-        return NULL;
-    PyObject *res = NULL;
-    if (check_items(&w, 4, "w") < 0)
-        goto done;
-    if (mask.len != w.len / 4) {
-        PyErr_SetString(PyExc_ValueError, "mask must have one byte per float32 weight");
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    apply_f32((float *)w.buf, (const uint8_t *)mask.buf, mask.len);
-    Py_END_ALLOW_THREADS
-    Py_INCREF(Py_None);
-    res = Py_None;
-done:
-    PyBuffer_Release(&w);
-    PyBuffer_Release(&mask);
-    return res;
-}
+static PyObject *py_mask_apply(PyObject *self, PyObject *args) { return weights_and_mask(args, 1); }
+
+static PyObject *py_apply(PyObject *self, PyObject *args) { return weights_and_mask(args, 0); }
 
 static PyObject *py_set_avx2(PyObject *self, PyObject *args)
 {
