@@ -1,0 +1,18 @@
+"""The runnable examples in the docstrings run and print what they say."""
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "paddleslim_static.core.selection", "paddleslim_static.core.scores", "paddleslim_static.core.engine",
+    "paddleslim_static.core.schedule", "paddleslim_static.core.density", "paddleslim_static.mask_pass",
+    "paddleslim_static.pruner", "paddleslim_dygraph.pruner",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0
