@@ -293,8 +293,8 @@ def format_layer_table(layers: Sequence[Tuple[str, Tuple[int, ...], float, bool]
 def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> Optional[bool]:
     try:
         from paddleslim_tools.export import export_layer
-    except ImportError as e:  # TODO(lead): drop this fallback once tools/export.py has landed
-        _log.warning("export skipped: paddleslim_tools.export.export_layer is not available (%s)", e)
+    except ImportError as e:  # the export extra (onnx, paddle2onnx, onnxruntime) is not installed
+        _log.warning("export skipped: %s; install the export extra (pip install \".[export]\") or pass --no-export", e)
         return None
     h, w = data.image_shape
     spec = [paddle.static.InputSpec([None, 1, h, w], "float32", "image")]
