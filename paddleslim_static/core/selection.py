@@ -5,7 +5,7 @@ Magnitudes are read straight from the weights (sign bit cleared), so no ``|w|`` 
 
 Algorithm (one streaming pass in cache-sized chunks, plus a rare fallback pass):
 
-1. Sample 2**16 scores with a fixed-seed RNG and take a narrow key bracket (lo, hi] that contains
+1. Sample 2**14..2**18 scores (about n/256) with a fixed-seed RNG and take a narrow key bracket (lo, hi] that contains
    the k-th score with overwhelming probability.
 2. Stream all scores once: count (or weigh) the keys <= ``lo`` and gather the keys in (lo, hi].
 3. If the k-th lies inside the bracket, select it there (``np.partition`` on ~1-2% of the data).
@@ -33,7 +33,7 @@ _ABS = np.uint32(0x7FFFFFFF)
 _INF_KEY = np.uint32(0x7F800000)
 CHUNK = 1 << 18
 DIRECT_MAX = 1 << 16
-SAMPLE = 1 << 16
+SAMPLE_MIN, SAMPLE_MAX = 1 << 14, 1 << 18
 
 
 class NonFiniteScoreError(ValueError):
@@ -101,10 +101,16 @@ def _direct(sources: Sequence[ScoreSource], k: int) -> int:
     return _select_in(keys, counts, k)
 
 
+def sample_size(total: int) -> int:
+    """About total/256, a power of two in [2**14, 2**18]: a bigger sample narrows the band the stream gathers,
+    which pays on big models; on small ones drawing it would cost more than it saves."""
+    return int(min(SAMPLE_MAX, max(SAMPLE_MIN, 1 << max(0, (total // 256).bit_length()))))
+
+
 def _sample(key_arrays: List[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """SAMPLE keys drawn uniformly (fixed seed) from all arrays, sorted."""
+    """sample_size(total) keys drawn uniformly (fixed seed) from all arrays, sorted."""
     offsets = np.concatenate([[0], np.cumsum([a.size for a in key_arrays], dtype=np.int64)])
-    idx = np.sort(rng.integers(0, offsets[-1], SAMPLE))
+    idx = np.sort(rng.integers(0, offsets[-1], sample_size(int(offsets[-1]))))
     bounds = np.searchsorted(idx, offsets)  # idx is sorted: each array's draws are one slice of it
     parts = [a[idx[bounds[j]:bounds[j + 1]] - offsets[j]]
              for j, a in enumerate(key_arrays) if bounds[j + 1] > bounds[j]]
@@ -114,10 +120,10 @@ def _sample(key_arrays: List[np.ndarray], rng: np.random.Generator) -> np.ndarra
     return sample
 
 
-def _margin(q: float) -> float:
-    """6 standard deviations of the sample position of the q-quantile, in sample elements (a miss costs one
-    more pass, never a wrong answer)."""
-    return 6.0 * math.sqrt(SAMPLE * max(q * (1.0 - q), 1.0 / SAMPLE)) + 2
+def _margin(q: float, n: int) -> float:
+    """6 standard deviations of the position of the q-quantile in a sample of n, in sample elements (a miss
+    costs one more pass, never a wrong answer)."""
+    return 6.0 * math.sqrt(n * max(q * (1.0 - q), 1.0 / n)) + 2
 
 
 def _bracket(sample: np.ndarray, q: float) -> Tuple[int, int]:
@@ -126,10 +132,11 @@ def _bracket(sample: np.ndarray, q: float) -> Tuple[int, int]:
     When the sample shows the k-th value heavily tied (a run of equal keys wider than the margin, e.g.
     the zeros of an already-sparse model), lo is that value: the run is then counted, never gathered.
     """
-    pos, margin = q * (SAMPLE - 1), _margin(q)
+    n = sample.size
+    pos, margin = q * (n - 1), _margin(q, n)
     lo = int(sample[max(0, int(pos - margin))])
-    hi = int(sample[min(SAMPLE - 1, int(math.ceil(pos + margin)))])
-    at = int(sample[min(SAMPLE - 1, int(round(pos)))])
+    hi = int(sample[min(n - 1, int(math.ceil(pos + margin)))])
+    at = int(sample[min(n - 1, int(round(pos)))])
     if lo == at:  # a tied run reaches down past the margin (e.g. zeros): count it, gather only above it
         return at, hi
     if hi == at:  # a tied run reaches up past the margin: count it; an answer below it costs one more pass
@@ -139,14 +146,14 @@ def _bracket(sample: np.ndarray, q: float) -> Tuple[int, int]:
 
 def _below(sample: np.ndarray, key: int, q: float) -> int:
     """A lower bound ~2 margins under ``key`` for the next bracket (the k-th turned out to be < key)."""
-    j = int(np.searchsorted(sample, key, side="left")) - int(2 * _margin(q))
+    j = int(np.searchsorted(sample, key, side="left")) - int(2 * _margin(q, sample.size))
     return 0 if j <= 0 else max(int(sample[j]) - 1, 0)
 
 
 def _above(sample: np.ndarray, key: int, q: float) -> int:
     """An upper bound ~2 margins over ``key`` for the next bracket (the k-th turned out to be > key)."""
-    j = int(np.searchsorted(sample, key, side="right")) + int(2 * _margin(q))
-    return int(_INF_KEY) if j >= SAMPLE or int(sample[j]) <= key else int(sample[j])
+    j = int(np.searchsorted(sample, key, side="right")) + int(2 * _margin(q, sample.size))
+    return int(_INF_KEY) if j >= sample.size or int(sample[j]) <= key else int(sample[j])
 
 
 def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int, chunk: int):
