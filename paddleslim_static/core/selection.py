@@ -80,12 +80,12 @@ def _check_finite(max_key: int, name: str) -> None:
 
 
 def _select_in(keys: np.ndarray, counts: Optional[np.ndarray], r: int) -> int:
-    """r-th (0-based) smallest key of a small array, each key repeated counts[i] times."""
-    if counts is None:
-        return int(np.partition(keys, r)[r])
-    order = np.argsort(keys, kind="stable")
-    cum = np.cumsum(counts[order])
-    return int(keys[order[int(np.searchsorted(cum, r, side="right"))]])
+    """r-th (0-based) smallest key of a small array (the band, or a tiny model), each key repeated counts[i] times.
+
+    The repeated array has as many items as the elements the keys stand for, which is small here."""
+    if counts is not None:
+        keys = np.repeat(keys, counts)
+    return int(np.partition(keys, r)[r])
 
 
 def _direct(sources: Sequence[ScoreSource], k: int) -> int:
@@ -108,15 +108,11 @@ def sample_size(total: int) -> int:
 
 
 def _sample(key_arrays: List[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """sample_size(total) keys drawn uniformly (fixed seed) from all arrays, sorted."""
-    offsets = np.concatenate([[0], np.cumsum([a.size for a in key_arrays], dtype=np.int64)])
-    idx = np.sort(rng.integers(0, offsets[-1], sample_size(int(offsets[-1]))))
-    bounds = np.searchsorted(idx, offsets)  # idx is sorted: each array's draws are one slice of it
-    parts = [a[idx[bounds[j]:bounds[j + 1]] - offsets[j]]
-             for j, a in enumerate(key_arrays) if bounds[j + 1] > bounds[j]]
-    sample = np.concatenate(parts)
+    """sample_size(total) keys drawn uniformly (fixed seed) from all arrays, in no particular order."""
+    sizes = np.array([a.size for a in key_arrays], dtype=np.int64)
+    per_array = rng.multinomial(sample_size(int(sizes.sum())), sizes / sizes.sum())
+    sample = np.concatenate([a[rng.integers(0, a.size, m)] for a, m in zip(key_arrays, per_array) if m])
     sample &= _ABS
-    sample.sort()
     return sample
 
 
@@ -124,6 +120,11 @@ def _margin(q: float, n: int) -> float:
     """6 standard deviations of the position of the q-quantile in a sample of n, in sample elements (a miss
     costs one more pass, never a wrong answer)."""
     return 6.0 * math.sqrt(n * max(q * (1.0 - q), 1.0 / n)) + 2
+
+
+def _order_stat(sample: np.ndarray, j: int) -> int:
+    """The j-th smallest sample key (selection, not a sort)."""
+    return int(np.partition(sample, j)[j])
 
 
 def _bracket(sample: np.ndarray, q: float) -> Tuple[int, int]:
@@ -134,9 +135,10 @@ def _bracket(sample: np.ndarray, q: float) -> Tuple[int, int]:
     """
     n = sample.size
     pos, margin = q * (n - 1), _margin(q, n)
-    lo = int(sample[max(0, int(pos - margin))])
-    hi = int(sample[min(n - 1, int(math.ceil(pos + margin)))])
-    at = int(sample[min(n - 1, int(round(pos)))])
+    i_lo, i_at = max(0, int(pos - margin)), min(n - 1, int(round(pos)))
+    i_hi = min(n - 1, int(math.ceil(pos + margin)))
+    part = np.partition(sample, sorted({i_lo, i_at, i_hi}))
+    lo, at, hi = int(part[i_lo]), int(part[i_at]), int(part[i_hi])
     if lo == at:  # a tied run reaches down past the margin (e.g. zeros): count it, gather only above it
         return at, hi
     if hi == at:  # a tied run reaches up past the margin: count it; an answer below it costs one more pass
@@ -146,14 +148,17 @@ def _bracket(sample: np.ndarray, q: float) -> Tuple[int, int]:
 
 def _below(sample: np.ndarray, key: int, q: float) -> int:
     """A lower bound ~2 margins under ``key`` for the next bracket (the k-th turned out to be < key)."""
-    j = int(np.searchsorted(sample, key, side="left")) - int(2 * _margin(q, sample.size))
-    return 0 if j <= 0 else max(int(sample[j]) - 1, 0)
+    j = int(np.count_nonzero(sample < key)) - int(2 * _margin(q, sample.size))
+    return 0 if j <= 0 else max(_order_stat(sample, j) - 1, 0)
 
 
 def _above(sample: np.ndarray, key: int, q: float) -> int:
     """An upper bound ~2 margins over ``key`` for the next bracket (the k-th turned out to be > key)."""
-    j = int(np.searchsorted(sample, key, side="right")) + int(2 * _margin(q, sample.size))
-    return int(_INF_KEY) if j >= sample.size or int(sample[j]) <= key else int(sample[j])
+    j = int(np.count_nonzero(sample <= key)) + int(2 * _margin(q, sample.size))
+    if j >= sample.size:
+        return int(_INF_KEY)
+    v = _order_stat(sample, j)
+    return int(_INF_KEY) if v <= key else v
 
 
 def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int, chunk: int):
