@@ -95,9 +95,11 @@ class PrunerBase(abc.ABC):
     def step(self) -> None:
         """Recompute threshold (ratio mode) and masks from the current weights, then apply the masks."""
         with self._open(self._prunable) as (weights, masks):
+            sources = None
             if self.mode == "ratio":
-                self._compute_thresholds(weights)
-            self._refresh(weights, masks)
+                sources = engine.score_sources(weights, self.sparse_block)
+                self._compute_thresholds(weights, sources)
+            self._refresh(weights, masks, sources)
 
     def update_params(self) -> None:
         """Re-apply the current masks to the weights (before eval or save)."""
@@ -126,15 +128,16 @@ class PrunerBase(abc.ABC):
         raise TypeError(f"summarize_weights: target must be this pruner's model or program; got {target!r}")
 
     # -- internals ---------------------------------------------------------------------------------
-    def _compute_thresholds(self, weights: Arrays) -> None:
-        g, per = engine.ratio_thresholds(weights, self.ratio, self.local_sparsity, self.sparse_block)
+    def _compute_thresholds(self, weights: Arrays, sources: Optional[engine.Sources] = None) -> None:
+        g, per = engine.ratio_thresholds(weights, self.ratio, self.local_sparsity, self.sparse_block, sources)
         if g is not None:
             self.threshold = float(g)
         self.thresholds = {n: float(t) for n, t in per.items()}
         self._on_thresholds(self.threshold, self.thresholds)
 
-    def _refresh(self, weights: Arrays, masks: Arrays) -> None:
-        engine.fill_masks(weights, masks, self.threshold, self.thresholds, self.sparse_block, apply=True)
+    def _refresh(self, weights: Arrays, masks: Arrays, sources: Optional[engine.Sources] = None) -> None:
+        engine.fill_masks(weights, masks, self.threshold, self.thresholds, self.sparse_block, apply=True,
+                          sources=sources)
 
     def _masks_from_threshold(self) -> None:
         """Threshold mode: masks reflect the threshold from construction on (weights untouched)."""
@@ -164,8 +167,9 @@ class GMPMixin:
         self.ratio = self._schedule.ratio_at(self.cur_iteration)
         with self._open(self._prunable) as (weights, masks):  # type: ignore[attr-defined]
             if self.ratio != old or self._recompute_next:
-                self._compute_thresholds(weights)  # type: ignore[attr-defined]
-                self._refresh(weights, masks)  # type: ignore[attr-defined]
+                sources = engine.score_sources(weights, self.sparse_block)  # type: ignore[attr-defined]
+                self._compute_thresholds(weights, sources)  # type: ignore[attr-defined]
+                self._refresh(weights, masks, sources)  # type: ignore[attr-defined]
                 self._recompute_next = False
             else:
                 engine.apply_masks(weights, masks)

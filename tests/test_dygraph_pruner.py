@@ -208,7 +208,7 @@ def test_gmp_recomputes_only_when_ratio_changes():
     pruner = GMPUnstructuredPruner(model, ratio=0.8, configs=GMP)
     calls = []
     orig = pruner._compute_thresholds
-    pruner._compute_thresholds = lambda w: (calls.append(pruner.cur_iteration), orig(w))
+    pruner._compute_thresholds = lambda w, *rest: (calls.append(pruner.cur_iteration), orig(w, *rest))
     for _ in range(80):
         pruner.step()
     assert calls == [0, 15, 30, 45, 60]

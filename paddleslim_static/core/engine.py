@@ -14,13 +14,20 @@ from . import kernels
 from .scores import mask_from_threshold, score_source
 from .selection import ScoreSource, kth_smallest, ratio_threshold
 
-__all__ = ["ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize"]
+__all__ = ["score_sources", "ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize"]
 
 Block = Tuple[int, int]
+Sources = Mapping[str, ScoreSource]
+
+
+def score_sources(weights: Mapping[str, np.ndarray], block: Block) -> Dict[str, ScoreSource]:
+    """The selection source of every weight: the weight itself, or its block scores (computed once per step and
+    handed to both :func:`ratio_thresholds` and :func:`fill_masks`)."""
+    return {n: score_source(w, block, n) for n, w in weights.items()}
 
 
 def ratio_thresholds(
-    weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block
+    weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block, sources: Optional[Sources] = None
 ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
     """(global threshold, per-parameter thresholds) for ratio mode; exactly one of them is filled.
 
@@ -30,9 +37,10 @@ def ratio_thresholds(
     >>> float(g), per
     (2.0, {})
     """
+    sources = score_sources(weights, block) if sources is None else sources
     if local:
-        return None, {n: ratio_threshold([score_source(w, block, n)], ratio) for n, w in weights.items()}
-    return ratio_threshold([score_source(w, block, n) for n, w in weights.items()], ratio), {}
+        return None, {n: ratio_threshold([sources[n]], ratio) for n in weights}
+    return ratio_threshold([sources[n] for n in weights], ratio), {}
 
 
 def fill_masks(
@@ -42,14 +50,18 @@ def fill_masks(
     thresholds: Mapping[str, float],
     block: Block,
     apply: bool = False,
+    sources: Optional[Sources] = None,
 ) -> None:
     """masks[n] = score(weights[n]) >= threshold (per-parameter ``thresholds`` win when present).
 
-    ``apply=True`` also zeroes the pruned weights, in the same pass.
+    ``apply=True`` also zeroes the pruned weights, in the same pass. ``sources`` (from :func:`score_sources`)
+    saves recomputing block scores.
     """
     for name, w in weights.items():
         t = thresholds.get(name, threshold)
-        mask_from_threshold(w, np.float32(t), block, masks[name], apply=apply)
+        src = None if sources is None else sources.get(name)
+        scores = src.values if src is not None and src.counts is not None else None
+        mask_from_threshold(w, np.float32(t), block, masks[name], apply=apply, scores=scores)
 
 
 def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:

@@ -1,7 +1,7 @@
 """Element scores and masks: |w|, or the mean |w| of m x n blocks over the first two axes."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -67,15 +67,18 @@ def mask_from_threshold(
     out: np.ndarray,
     apply: bool = False,
     chunk: int = CHUNK,
+    scores: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Write ``score(w) >= threshold`` into the bool array ``out`` (same shape as w) and return it.
 
     With ``apply=True`` also multiply ``w`` by the mask in place, chunk by chunk while both are in cache.
+    ``scores``: this tensor's block scores when the caller already has them (ratio mode selected on them).
     A NaN weight scores above every threshold, so it is kept: threshold mode never hides a NaN.
     """
     t = np.float32(threshold)
     if uses_blocks(w.shape, block):
-        scores, _ = block_scores(w, block)
+        if scores is None:
+            scores, _ = block_scores(w, block)
         out[...] = expand_blocks(~(scores < t), w.shape, block)
         if apply:
             np.multiply(w, out, out=w)
