@@ -72,6 +72,11 @@ def _param_arrays(model: paddle.nn.Layer, only: Optional[Callable[[Sequence[int]
             yield _host(p)[0]
 
 
+def _infos(model: paddle.nn.Layer) -> List[ParamInfo]:
+    return [ParamInfo(p.name, tuple(p.shape), _is_norm_layer(layer), layer.full_name())
+            for layer, _, p in _owned_params(model)]
+
+
 def density(model: paddle.nn.Layer) -> float:
     """Nonzero / all elements over every parameter of ``model`` (BatchNorm statistics included)."""
     return _density(_param_arrays(_check_model(model)))
@@ -120,10 +125,14 @@ class UnstructuredPruner(PrunerBase):
 
     # -- hooks for PrunerBase ----------------------------------------------------------------------
     def _param_infos(self) -> List[ParamInfo]:
-        return [
-            ParamInfo(p.name, tuple(p.shape), _is_norm_layer(layer), layer.full_name())
-            for layer, _, p in _owned_params(self.model)
-        ]
+        return _infos(self.model)
+
+    def _infos_of(self, target: Any) -> List[ParamInfo]:
+        return _infos(_check_model(target))
+
+    def _weights_of(self, target: Any, names: Sequence[str]) -> Dict[str, np.ndarray]:
+        wanted = set(names)
+        return {p.name: _host(p)[0] for _, _, p in _owned_params(target) if p.name in wanted}
 
     def _create_masks(self, names: Sequence[str]) -> None:
         wanted = set(names)
@@ -181,9 +190,9 @@ class UnstructuredPruner(PrunerBase):
         self._mask_of.clear()
         self._finalized = True
 
-    @classmethod
-    def _for_summary(cls, target: Any) -> "UnstructuredPruner":
-        return _SummaryPruner(target)
+    def summarize_weights(self, model: Optional[paddle.nn.Layer] = None, ratio: float = 0.1) -> float:
+        """|w| below which about ``ratio`` of the prunable weights of ``model`` (default: this pruner's) lie."""
+        return super().summarize_weights(model, ratio)
 
     @staticmethod
     def total_sparse(model: paddle.nn.Layer) -> float:
@@ -206,22 +215,6 @@ class UnstructuredPruner(PrunerBase):
 
 def _param_arrays_of(p: paddle.Tensor):
     yield _host(p)[0]
-
-
-class _SummaryPruner(UnstructuredPruner):
-    """Default-rule view of another model for summarize_weights; adds no hooks or buffers."""
-
-    def __init__(self, model: paddle.nn.Layer) -> None:
-        self.model = _check_model(model)
-        self._mask_of = {}
-        PrunerBase.__init__(self, model, "ratio", 0.0, 0.0, None, None, False, (1, 1))
-
-    def _create_masks(self, names: Sequence[str]) -> None:
-        self._params = {p.name: p for _, _, p in _owned_params(self.model) if p.name in set(names)}
-
-    @contextlib.contextmanager
-    def _open(self, names: Sequence[str]):
-        yield {n: _host(self._params[n])[0] for n in names}, {}
 
 
 class GMPUnstructuredPruner(GMPMixin, UnstructuredPruner):

@@ -206,12 +206,16 @@ class UnstructuredPruner(PrunerBase):
         with self._open(self._prunable) as (_, masks):
             return {n: m.copy() for n, m in masks.items()}
 
+    def _infos_of(self, target: Any) -> List[ParamInfo]:
+        return param_infos(check_program(target))
+
+    def _weights_of(self, target: Any, names: Sequence[str]) -> Dict[str, np.ndarray]:
+        return {n: host_view(tensor_of(self.scope, n))[0] for n in names}  # read-only use: no write-back
+
     def summarize_weights(self, program: Any = None, ratio: float = 0.1) -> float:
-        """|w| below which about ``ratio`` of the prunable weights of ``program`` (default: this
-        pruner's, read from its scope) lie."""
-        if program is not None and program is not self.program:
-            return _SummaryPruner(program, self.scope).summarize_weights(None, ratio)
-        return super().summarize_weights(None, ratio)
+        """|w| below which about ``ratio`` of the prunable weights of ``program`` (default: this pruner's, read from
+        its scope) lie."""
+        return super().summarize_weights(program, ratio)
 
     @staticmethod
     def total_sparse(program: Any, scope: Any = None) -> float:
@@ -228,24 +232,6 @@ class UnstructuredPruner(PrunerBase):
         """Parameter name -> density."""
         scope = _scope(scope)
         return {n: _density([host_view(tensor_of(scope, n))[0]]) for n in parameter_names(program)}
-
-
-class _SummaryPruner(UnstructuredPruner):
-    """Default-rule, read-only view of a program's weights for summarize_weights; changes nothing."""
-
-    def __init__(self, program: Any, scope: Any) -> None:
-        self.program = check_program(program)
-        self.scope = _scope(scope)
-        self.place = paddle.CPUPlace()
-        PrunerBase.__init__(self, program, "ratio", 0.0, 0.0, None, None, False, (1, 1))
-
-    def _create_masks(self, names: Sequence[str]) -> None:
-        self._mask_of = {}
-
-    @contextlib.contextmanager
-    def _open(self, names: Sequence[str]):
-        with scope_arrays(self.scope, names, self.place) as arrays:
-            yield arrays, {}
 
 
 class GMPUnstructuredPruner(GMPMixin, UnstructuredPruner):

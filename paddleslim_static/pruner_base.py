@@ -112,19 +112,24 @@ class PrunerBase(abc.ABC):
             engine.masks_from_nonzero(weights, masks)
 
     def summarize_weights(self, target: Any = None, ratio: float = 0.1) -> float:
-        """|w| below which about ``ratio`` of the prunable weights lie (sorted position ceil(ratio*N)-1)."""
+        """|w| below which about ``ratio`` of the prunable weights lie (sorted position ceil(ratio*N)-1).
+
+        ``target`` defaults to this pruner's model/program (its prunable parameters); another one is read with the
+        default rule (norm and 1-D parameters skipped)."""
         ratio = check_ratio(ratio, allow_one=True)
         if target is not None and target is not self._target:
-            return self._summarize_other(target, ratio)
+            infos = self._infos_of(target)
+            prunable, _ = resolve_prunable(infos, None, False)
+            return engine.summarize(self._weights_of(target, [p.name for p in prunable]), ratio)
         with self._open(self._prunable) as (weights, _):
             return engine.summarize(weights, ratio)
 
-    def _summarize_other(self, target: Any, ratio: float) -> float:
-        other = type(self)._for_summary(target)
-        return other.summarize_weights(None, ratio)
+    def _infos_of(self, target: Any) -> List[ParamInfo]:
+        """Hook for summarize_weights on another model/program: its parameters."""
+        raise TypeError(f"summarize_weights: target must be this pruner's model or program; got {target!r}")
 
-    @classmethod
-    def _for_summary(cls, target: Any) -> "PrunerBase":
+    def _weights_of(self, target: Any, names: Sequence[str]) -> Arrays:
+        """Hook for summarize_weights on another model/program: host arrays of the named parameters."""
         raise TypeError(f"summarize_weights: target must be this pruner's model or program; got {target!r}")
 
     # -- internals ---------------------------------------------------------------------------------

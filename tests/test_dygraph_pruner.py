@@ -305,3 +305,13 @@ def test_low_and_high_precision_weights(dtype):
         after = paddle.cast(p, "float32").numpy()
         keep = np.abs(as_f32[n]) >= np.float32(pruner.threshold)
         np.testing.assert_array_equal(after, np.where(keep, as_f32[n], 0))
+
+
+def test_summarize_weights_of_another_model_uses_the_default_rule():
+    pruner = UnstructuredPruner(lenet(), "ratio", ratio=0.5, prune_params_type=None,
+                                skip_params_func=lambda m: [m.fc[0].weight.name])
+    other = lenet(seed=3)
+    ws = [p.numpy() for p in other.parameters() if len(p.shape) > 1]  # default rule: fc[0] is not skipped there
+    assert pruner.summarize_weights(other, 0.3) == ref.summarize(ws, 0.3)
+    with pytest.raises(TypeError, match="paddle.nn.Layer"):
+        pruner.summarize_weights("lenet", 0.3)
