@@ -15,7 +15,7 @@ from paddleslim_static.pruner_base import GMPMixin, PrunerBase
 
 __all__ = ["UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity"]
 
-_log = logging.getLogger("paddleslim")
+_log = logging.getLogger(__name__)
 
 NORM_LAYER_NAMES = frozenset({
     "BatchNorm", "BatchNorm1D", "BatchNorm2D", "BatchNorm3D", "SyncBatchNorm", "LayerNorm", "GroupNorm",

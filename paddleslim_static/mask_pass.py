@@ -37,19 +37,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Uni
 
 import paddle
 
-from .program_utils import (
-    _all_ops, check_program, has_optimizer_ops, is_pir_program, param_name, program_mode, value_name,
+from .core.naming import MASK_SUFFIX, mask_name
+from .programs import (
+    all_ops, check_program, has_optimizer_ops, is_pir_program, param_name, program_mode, value_name,
 )
 
 __all__ = ["MASK_SUFFIX", "MaskPassResult", "apply_mask_pass", "mask_var_name", "masked_params"]
 
-MASK_SUFFIX = "_mask"
 _CAST_SUFFIX = "_mask@CAST"  # legacy IR: the float copy of the mask
 
 
 def mask_var_name(param_name: str) -> str:
-    """Name of the mask variable of a parameter."""
-    return param_name + MASK_SUFFIX
+    """Name of the mask variable of a parameter (the core's one naming rule)."""
+    return mask_name(param_name)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class _PirImpl:
 
     def masked_params(self) -> Set[str]:
         out = set()
-        for op in _all_ops(self.program):
+        for op in all_ops(self.program):
             if op.name() != "pd_op.multiply_" or op.num_operands() != 2:
                 continue
             p, m = op.operands_source()
@@ -208,7 +208,7 @@ class _LegacyImpl:
 
     def masked_params(self) -> Set[str]:
         out = set()
-        for op in _all_ops(self.program):
+        for op in all_ops(self.program):
             if op.type != "elementwise_mul":
                 continue
             x, y, o = op.input("X"), op.input("Y"), op.output("Out")

@@ -25,16 +25,14 @@ from .core import density as _density
 from .core.params import ParamInfo, is_conv1x1
 from .core.schedule import GMPSchedule
 from .mask_pass import MaskPassResult, apply_mask_pass, masked_params
-from .program_utils import (
-    check_program, host_view, program_mode, is_initialized, param_infos, parameter_names, scope_arrays,
-    tensor_of, write_scope,
-)
+from .programs import check_program, param_infos, parameter_names, program_mode
+from .scope_io import host_view, is_initialized, scope_arrays, tensor_of, write_scope
 from .pruner_base import GMPMixin, PrunerBase
 
 __all__ = ["UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity", "GLOBAL_THRESHOLD_VAR",
            "READY_VAR", "threshold_var_name"]
 
-_log = logging.getLogger("paddleslim")
+_log = logging.getLogger(__name__)
 
 GLOBAL_THRESHOLD_VAR = "unstructured_pruner.threshold"
 READY_VAR = "unstructured_pruner.masks_ready"

@@ -23,7 +23,7 @@ from .core.validation import (
     check_bool, check_mode, check_prune_params_type, check_ratio, check_sparse_block, check_threshold,
 )
 
-_log = logging.getLogger("paddleslim")
+_log = logging.getLogger(__name__)
 
 Arrays = Dict[str, np.ndarray]
 

@@ -5,7 +5,7 @@ import pytest
 
 from nets import NETS, batch, scope_array, static_mode, static_net
 from paddleslim_static import UnstructuredPruner, apply_mask_pass, mask_var_name, masked_params
-from paddleslim_static.program_utils import has_optimizer_ops, norm_param_names, param_infos
+from paddleslim_static.programs import has_optimizer_ops, norm_param_names, param_infos
 from paddleslim_static.pruner import GLOBAL_THRESHOLD_VAR, READY_VAR
 
 MLP = NETS["mlp"]

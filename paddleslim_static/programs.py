@@ -1,25 +1,25 @@
-"""What the static pruner needs to know of a Program and a Scope, for PIR and legacy-IR programs.
+"""What the static pruner needs to know of a Program, for PIR and legacy-IR programs.
 
+* :func:`static_mode` / :func:`program_mode` - the one place that switches Paddle into static mode (PIR or legacy IR);
 * :func:`param_infos` - every parameter of a program as a core :class:`ParamInfo` (norm-op operands
   flagged ``is_norm``);
-* :func:`has_optimizer_ops` - whether a program updates its parameters (training vs eval/inference);
-* :func:`scope_arrays` - writable numpy arrays over scope tensors: zero-copy views on CPU, copies
-  written back on exit elsewhere.
+* :func:`all_ops` - every op of every block.
+
+Scope access lives in :mod:`paddleslim_static.scope_io`.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, ContextManager, Iterator, List, Optional, Set
 
-import numpy as np
 import paddle
 
 from .core.params import ParamInfo
 
 __all__ = [
-    "NORM_OPS_PIR", "NORM_OPS_LEGACY", "OPTIMIZER_OPS_PIR", "is_pir_program", "check_program",
-    "param_infos", "parameter_names", "norm_param_names", "has_optimizer_ops", "value_name",
-    "param_name", "tensor_of", "is_initialized", "host_view", "scope_arrays", "write_scope", "program_mode",
+    "NORM_OPS_PIR", "NORM_OPS_LEGACY", "OPTIMIZER_OPS_PIR", "is_pir_program", "check_program", "static_mode",
+    "program_mode", "all_ops", "param_infos", "parameter_names", "norm_param_names", "has_optimizer_ops",
+    "value_name", "param_name",
 ]
 
 # Exact op names: after minimize() the program also holds "<name>_grad" ops, which must not match.
@@ -58,13 +58,20 @@ def check_program(program: Any, arg: str = "program") -> Any:
 
 
 @contextlib.contextmanager
-def program_mode(program: Any) -> Iterator[None]:
-    """Static mode of the program's kind (PIR or legacy IR) inside the block; the caller's mode after."""
+def static_mode(pir: bool = True) -> Iterator[None]:
+    """Static mode (PIR, or legacy IR with ``pir=False``) inside the block; the caller's mode after.
+
+    >>> import paddle
+    >>> with static_mode():
+    ...     paddle.in_dynamic_mode()
+    False
+    >>> paddle.in_dynamic_mode()
+    True
+    """
     was_dynamic = paddle.in_dynamic_mode()
     if was_dynamic:
         paddle.enable_static()
     try:
-        pir = is_pir_program(program)
         if pir == paddle.framework.in_pir_mode():
             yield
         else:
@@ -73,6 +80,11 @@ def program_mode(program: Any) -> Iterator[None]:
     finally:
         if was_dynamic:
             paddle.disable_static()
+
+
+def program_mode(program: Any) -> ContextManager[None]:
+    """:func:`static_mode` of the program's kind (PIR or legacy IR)."""
+    return static_mode(is_pir_program(program))
 
 
 def value_name(value: Any) -> Optional[str]:
@@ -99,7 +111,7 @@ def parameter_names(program: Any) -> List[str]:
     return [param_name(p) for p in _parameters(check_program(program))]
 
 
-def _all_ops(program: Any) -> Iterator[Any]:
+def all_ops(program: Any) -> Iterator[Any]:
     """Every op of every block (control-flow sub-blocks included)."""
     if is_pir_program(program):
         stack = [program.global_block()]
@@ -119,14 +131,14 @@ def norm_param_names(program: Any) -> Set[str]:
     params = set(parameter_names(program))
     out: Set[str] = set()
     if is_pir_program(program):
-        for op in _all_ops(program):
+        for op in all_ops(program):
             if op.name() in NORM_OPS_PIR:
                 for v in op.operands_source():
                     n = value_name(v)
                     if n in params:
                         out.add(n)
     else:
-        for op in _all_ops(program):
+        for op in all_ops(program):
             if op.type in NORM_OPS_LEGACY:
                 for slot in op.input_names:
                     out.update(n for n in op.input(slot) if n in params)
@@ -146,70 +158,9 @@ def param_infos(program: Any) -> List[ParamInfo]:
 def has_optimizer_ops(program: Any) -> bool:
     """Whether the program updates parameters (it went through ``optimizer.minimize``)."""
     if is_pir_program(program):
-        return any(op.name() in OPTIMIZER_OPS_PIR for op in _all_ops(program))
-    for op in _all_ops(program):
+        return any(op.name() in OPTIMIZER_OPS_PIR for op in all_ops(program))
+    for op in all_ops(program):
         role = op.attr("op_role") if op.has_attr("op_role") else 0
         if int(role) & _OPTIMIZE_ROLE and "Param" in op.input_names:
             return True
     return False
-
-
-# -- scope access -----------------------------------------------------------------------------------
-class _DLPackView:
-    """Adapter so ``np.from_dlpack`` takes a scope tensor (writable, shares memory)."""
-
-    def __init__(self, tensor: Any) -> None:
-        self.tensor = tensor
-
-    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
-        return self.tensor._to_dlpack_versioned()
-
-    def __dlpack_device__(self):
-        return (1, 0)  # kDLCPU
-
-
-def tensor_of(scope: Any, name: str) -> Any:
-    """The scope's tensor for ``name``; RuntimeError when it is missing or uninitialised."""
-    var = scope.find_var(name)
-    if var is None or not var.get_tensor()._is_initialized():
-        raise RuntimeError(
-            f"variable {name!r} is not initialised in the scope: run the startup program "
-            "(exe.run(startup_program)) in this scope first"
-        )
-    return var.get_tensor()
-
-
-def is_initialized(scope: Any, name: str) -> bool:
-    var = scope.find_var(name)
-    return var is not None and var.get_tensor()._is_initialized()
-
-
-def host_view(tensor: Any) -> Tuple[np.ndarray, bool]:
-    """(writable numpy array, whether it is a copy to write back): zero-copy for CPU tensors."""
-    if tensor._place().is_cpu_place():
-        arr = np.from_dlpack(_DLPackView(tensor))
-        if arr.flags.writeable:
-            return arr, False
-    return np.array(tensor), True
-
-
-def write_scope(scope: Any, name: str, value: np.ndarray, place: Any) -> None:
-    """Create (if needed) and set the scope variable ``name`` to ``value`` (dtype kept as given)."""
-    scope.var(name).get_tensor().set(np.ascontiguousarray(value), place)
-
-
-@contextlib.contextmanager
-def scope_arrays(scope: Any, names: Sequence[str], place: Any) -> Iterator[Dict[str, np.ndarray]]:
-    """Writable host arrays for scope tensors; copies (non-CPU tensors) are written back on exit."""
-    arrays: Dict[str, np.ndarray] = {}
-    copies = []
-    for n in names:
-        t = tensor_of(scope, n)
-        arrays[n], is_copy = host_view(t)
-        if is_copy:
-            copies.append((t, arrays[n]))
-    try:
-        yield arrays
-    finally:
-        for t, arr in copies:
-            t.set(arr, place if place is not None else t._place())
