@@ -124,21 +124,42 @@ def load_mnist(directory: Path) -> Dataset:
 
 
 # -- model -----------------------------------------------------------------------------------------
-def build_model(image_shape: Tuple[int, int], num_classes: int = 10) -> paddle.nn.Layer:
-    """conv3x3(16)-BN-ReLU-maxpool, conv3x3(32)-ReLU, (adaptive pool to 4x4), FC(64)-ReLU, FC(classes).
+def build_model(image_shape: Sequence[int] = (8, 8), num_classes: int = 10) -> paddle.nn.Layer:
+    """conv3x3(16)-BN-ReLU-maxpool2, conv3x3(32)-ReLU, maxpool2 while the map is >= 8, FC(64)-ReLU, FC(classes).
 
-    The BatchNorm layer is there to show it is skipped by the default prunable-parameter rule.
+    Only ops with an exact ONNX equivalent (no adaptive pooling with uneven windows), so the export check
+    passes at any input size: 8x8 digits -> 4x4 maps, 28x28 MNIST -> 14x14 -> 7x7 maps. The BatchNorm layer
+    is there to show it is skipped by the default prunable-parameter rule.
+
+    >>> list(build_model((28, 28))[-3].weight.shape)
+    [1568, 64]
     """
-    h, w = image_shape
+    if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 2 for d in image_shape)):
+        raise ValueError(f"image_shape must be two ints >= 2 (height, width); got {image_shape!r}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}")
+    h, w = image_shape[0] // 2, image_shape[1] // 2
     layers: List[paddle.nn.Layer] = [
         paddle.nn.Conv2D(1, 16, 3, padding=1), paddle.nn.BatchNorm2D(16), paddle.nn.ReLU(), paddle.nn.MaxPool2D(2),
         paddle.nn.Conv2D(16, 32, 3, padding=1), paddle.nn.ReLU(),
     ]
-    if (h // 2, w // 2) != (4, 4):
-        layers.append(paddle.nn.AdaptiveAvgPool2D(4))
-    layers += [paddle.nn.Flatten(), paddle.nn.Linear(32 * 4 * 4, 64), paddle.nn.ReLU(),
+    while min(h, w) >= 8:
+        layers.append(paddle.nn.MaxPool2D(2))
+        h, w = h // 2, w // 2
+    layers += [paddle.nn.Flatten(), paddle.nn.Linear(32 * h * w, 64), paddle.nn.ReLU(),
                paddle.nn.Linear(64, num_classes)]
     return paddle.nn.Sequential(*layers)
+
+
+def digits_cnn() -> paddle.nn.Layer:
+    """The demo network for the bundled 8x8 digits (``paddleslim-export --model paddleslim_tools.demo:digits_cnn``)."""
+    return build_model((8, 8))
+
+
+def mnist_cnn() -> paddle.nn.Layer:
+    """The demo network for 28x28 MNIST (``paddleslim-export --model paddleslim_tools.demo:mnist_cnn``)."""
+    return build_model((28, 28))
 
 
 def gmp_configs(iters_per_epoch: int, prune_epochs: int, tune_epochs: int) -> Dict[str, float]:
@@ -165,7 +186,7 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
         yield order[i:i + batch_size]
 
 
-def _accuracy(model: paddle.nn.Layer, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
+def accuracy(model: paddle.nn.Layer, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
     model.eval()
     correct = 0
     with paddle.no_grad():
@@ -209,7 +230,7 @@ class _Out:
             print(msg, file=self.stream, flush=True)
 
 
-def _train_epoch(model, opt, loss_fn, data: Dataset, batch_size: int, rng, pruner=None) -> Tuple[float, float]:
+def train_epoch(model, opt, loss_fn, data: Dataset, batch_size: int, rng, pruner=None) -> Tuple[float, float]:
     total_loss, correct, seen = 0.0, 0, 0
     for idx in _batches(len(data.y_train), batch_size, rng):
         x = paddle.to_tensor(data.x_train[idx])
@@ -245,9 +266,9 @@ def run(args: argparse.Namespace, out: _Out) -> Tuple[DemoResult, paddle.nn.Laye
 
     out(f"== dense training: {args.epochs} epochs ==")
     for epoch in range(args.epochs):
-        loss, acc = _train_epoch(model, opt, loss_fn, data, args.batch_size, rng)
+        loss, acc = train_epoch(model, opt, loss_fn, data, args.batch_size, rng)
         out(f"dense  epoch {epoch + 1:2d}/{args.epochs}  loss {loss:.4f}  train acc {acc:.4f}")
-    dense_acc = _accuracy(model, data.x_test, data.y_test)
+    dense_acc = accuracy(model, data.x_test, data.y_test)
     out(f"dense test accuracy: {dense_acc:.4f}")
 
     iters = -(-len(data.y_train) // args.batch_size)
@@ -259,11 +280,11 @@ def run(args: argparse.Namespace, out: _Out) -> Tuple[DemoResult, paddle.nn.Laye
     total_epochs = -(-(configs["pruning_iterations"] + configs["tunning_iterations"]) // iters)
     out(f"== GMP pruning to {TARGET_RATIO:.0%}: {total_epochs} epochs ({iters} iterations each); configs {configs} ==")
     for epoch in range(total_epochs):
-        loss, acc = _train_epoch(model, opt, loss_fn, data, args.batch_size, rng, pruner)
+        loss, acc = train_epoch(model, opt, loss_fn, data, args.batch_size, rng, pruner)
         out(f"prune  epoch {epoch + 1:2d}/{total_epochs}  loss {loss:.4f}  train acc {acc:.4f}  "
             f"ratio {pruner.ratio:.4f}  prunable density {_prunable_density(model, prunable):.4f}")
 
-    sparse_acc = _accuracy(model, data.x_test, data.y_test)
+    sparse_acc = accuracy(model, data.x_test, data.y_test)
     pruner.finalize()  # masks applied for good, hook and mask buffers gone
     by_layer = UnstructuredPruner.sparse_by_layer(model)
     shapes = {p.name: tuple(p.shape) for p in model.parameters()}

@@ -1,0 +1,280 @@
+"""Quality study: held-out accuracy of the demo CNN, dense vs one-shot vs GMP at 50..98% sparsity.
+
+Not a timed test. For every seed: train the demo CNN densely (``--epochs`` epochs, Momentum 0.9), then from
+that same dense model, for every sparsity s:
+
+* ``oneshot``     - ``UnstructuredPruner(model, 'ratio', ratio=s).step()`` once, evaluated as is;
+* ``oneshot_ft``  - the same masks kept fixed (the pruner's forward hook re-applies them), fine-tuned for
+  ``2 * epochs`` epochs: the same training budget GMP gets;
+* ``dense_long``  - the dense model trained ``2 * epochs`` more epochs (the baseline with the same budget);
+* ``gmp``         - ``GMPUnstructuredPruner(ratio=s)`` with the demo's configs (prune over ``epochs`` epochs,
+  then fine-tune ``epochs`` epochs at s), ``step()`` after every optimizer step.
+
+The static-graph path (``paddleslim_static.GMPUnstructuredPruner`` on a ``Program`` of the same network,
+dense training in the same program) runs on one setting (``--static-sparsity``, default 0.9) for every seed.
+
+    python benchmarks/quality_study.py                       # digits, 5 seeds
+    python benchmarks/quality_study.py --mnist-dir ~/mnist   # plus MNIST from local IDX files
+
+Writes ``<out>.json`` (every run) and ``<out>.png`` (one plot), and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import paddle
+
+from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
+from paddleslim_tools.demo import Dataset, accuracy, build_model, gmp_configs, load_digits, load_mnist, train_epoch
+
+SPARSITIES = (0.5, 0.75, 0.9, 0.95, 0.98)
+_log = logging.getLogger("quality_study")
+
+
+def _prunable_sparsity(model: paddle.nn.Layer, names) -> float:
+    arrays = [p.numpy() for p in model.parameters() if p.name in set(names)]
+    return 1.0 - sum(int(np.count_nonzero(a)) for a in arrays) / sum(a.size for a in arrays)
+
+
+def _opt(model, lr):
+    return paddle.optimizer.Momentum(learning_rate=lr, momentum=0.9, parameters=model.parameters())
+
+
+def dygraph_seed(data: Dataset, seed: int, epochs: int, batch: int, lr: float, sparsities) -> Dict[str, object]:
+    """Dense, then the three arms at every sparsity, all from the same dense weights."""
+    paddle.seed(seed)
+    rng = np.random.default_rng(seed)
+    loss_fn = paddle.nn.CrossEntropyLoss()
+    with paddle.utils.unique_name.guard():
+        model = build_model(data.image_shape)
+    opt = _opt(model, lr)
+    for _ in range(epochs):
+        train_epoch(model, opt, loss_fn, data, batch, rng)
+    dense_state = copy.deepcopy(model.state_dict())
+    out: Dict[str, object] = {"seed": seed, "dense": accuracy(model, data.x_test, data.y_test)}
+    paddle.seed(seed + 1000)
+    long_rng = np.random.default_rng(seed + 1000)
+    for _ in range(2 * epochs):  # the dense baseline with the pruning arms' total budget
+        train_epoch(model, opt, loss_fn, data, batch, long_rng)
+    out["dense_long"] = accuracy(model, data.x_test, data.y_test)
+    iters = -(-len(data.y_train) // batch)
+    for s in sparsities:
+        row = {}
+        for arm in ("oneshot", "gmp"):
+            paddle.seed(seed + 1000)
+            arm_rng = np.random.default_rng(seed + 1000)
+            with paddle.utils.unique_name.guard():
+                net = build_model(data.image_shape)
+            net.set_state_dict(dense_state)
+            opt = _opt(net, lr)
+            if arm == "oneshot":
+                pruner = UnstructuredPruner(net, "ratio", ratio=s)
+                pruner.step()
+                row["oneshot"] = accuracy(net, data.x_test, data.y_test)
+                for _ in range(2 * epochs):  # masks fixed: no step(); the forward hook keeps pruned weights 0
+                    train_epoch(net, opt, loss_fn, data, batch, arm_rng)
+                pruner.update_params()
+                row["oneshot_ft"] = accuracy(net, data.x_test, data.y_test)
+                row["oneshot_ft_sparsity"] = _prunable_sparsity(net, pruner.masks)
+            else:
+                configs = gmp_configs(iters, epochs, epochs)
+                pruner = GMPUnstructuredPruner(net, ratio=s, configs=configs)
+                for _ in range(2 * epochs):
+                    train_epoch(net, opt, loss_fn, data, batch, arm_rng, pruner)
+                pruner.update_params()
+                row["gmp"] = accuracy(net, data.x_test, data.y_test)
+                row["gmp_sparsity"] = _prunable_sparsity(net, pruner.masks)
+            pruner.finalize()
+        out[str(s)] = row
+    return out
+
+
+def static_seed(data: Dataset, seed: int, epochs: int, batch: int, lr: float, sparsity: float) -> Dict[str, float]:
+    """Dense training then GMP to ``sparsity`` in one static Program (PIR), same schedule as the dygraph arm."""
+    import paddleslim_static
+
+    paddle.enable_static()
+    try:
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        main.random_seed = startup.random_seed = seed
+        h, w = data.image_shape
+        with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+            x = paddle.static.data("x", [None, 1, h, w], "float32")
+            y = paddle.static.data("y", [None], "int64")
+            loss = paddle.nn.functional.cross_entropy(build_model(data.image_shape)(x), y)
+            paddle.optimizer.Momentum(learning_rate=lr, momentum=0.9).minimize(loss)
+        # PIR has no clone(for_test=True): the eval program builds the same network (same parameter names,
+        # so it reads the same scope variables) with BatchNorm in eval mode.
+        test_prog = paddle.static.Program()
+        with paddle.static.program_guard(test_prog, paddle.static.Program()), paddle.utils.unique_name.guard():
+            net = build_model(data.image_shape)
+            net.eval()
+            logits = net(paddle.static.data("x", [None, 1, h, w], "float32"))
+        scope = paddle.static.Scope()
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        rng = np.random.default_rng(seed)
+
+        def run_epochs(n, pruner=None):
+            for _ in range(n):
+                for idx in _order(len(data.y_train), batch, rng):
+                    exe.run(main, feed={"x": data.x_train[idx], "y": data.y_train[idx]}, fetch_list=[loss])
+                    if pruner is not None:
+                        pruner.step()
+
+        def acc():
+            correct = 0
+            for i in range(0, len(data.y_test), 1024):
+                (lg,) = exe.run(test_prog, feed={"x": data.x_test[i:i + 1024]},
+                                fetch_list=[logits])
+                correct += int((np.asarray(lg).argmax(1) == data.y_test[i:i + 1024]).sum())
+            return correct / len(data.y_test)
+
+        with paddle.static.scope_guard(scope):
+            exe.run(startup)
+            run_epochs(epochs)
+            dense = acc()
+            iters = -(-len(data.y_train) // batch)
+            pruner = paddleslim_static.GMPUnstructuredPruner(
+                main, ratio=sparsity, scope=scope, configs=gmp_configs(iters, epochs, epochs),
+                startup_program=startup)
+            run_epochs(2 * epochs, pruner)
+            return {"seed": seed, "dense": dense, "gmp": acc(),
+                    "density_all": paddleslim_static.density(test_prog, scope)}
+    finally:
+        paddle.disable_static()
+
+
+def _order(n, batch, rng):
+    order = rng.permutation(n)
+    return [order[i:i + batch] for i in range(0, n, batch)]
+
+
+def summarize(runs: List[Dict[str, object]], sparsities) -> Dict[str, Dict[str, List[float]]]:
+    """arm -> sparsity -> [mean, std, min, max] over seeds."""
+    def stats(vals):
+        v = np.asarray(vals, dtype=float)
+        return [float(v.mean()), float(v.std(ddof=1) if len(v) > 1 else 0.0), float(v.min()), float(v.max())]
+
+    table: Dict[str, Dict[str, List[float]]] = {"dense": {"0": stats([r["dense"] for r in runs])}}
+    if runs and "dense_long" in runs[0]:
+        table["dense_long"] = {"0": stats([r["dense_long"] for r in runs])}
+    for arm in ("oneshot", "oneshot_ft", "gmp"):
+        table[arm] = {str(s): stats([r[str(s)][arm] for r in runs]) for s in sparsities}
+    return table
+
+
+def markdown(table, sparsities, static: Optional[Dict[str, object]] = None) -> str:
+    dense, long = table["dense"]["0"], table["dense_long"]["0"]
+    lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+             "|---|" + "---|" * len(sparsities)]
+    lines.append(f"| dense, E epochs | {dense[0]:.2%} ± {dense[1]:.2%} (all columns) |" + " |" * (len(sparsities) - 1))
+    lines.append(f"| dense, 3E epochs (same budget) | {long[0]:.2%} ± {long[1]:.2%} (all columns) |"
+                 + " |" * (len(sparsities) - 1))
+    names = {"oneshot": "one-shot (no fine-tune)", "oneshot_ft": "one-shot + fine-tune", "gmp": "GMP"}
+    for arm in ("oneshot", "oneshot_ft", "gmp"):
+        cells = [f"{table[arm][str(s)][0]:.2%} ± {table[arm][str(s)][1]:.2%}" for s in sparsities]
+        lines.append(f"| {names[arm]} | " + " | ".join(cells) + " |")
+    gaps = [f"{(table['gmp'][str(s)][0] - long[0]) * 100:+.2f}" for s in sparsities]
+    lines.append("| GMP - dense same budget (points) | " + " | ".join(gaps) + " |")
+    gaps = [f"{(table['gmp'][str(s)][0] - table['oneshot_ft'][str(s)][0]) * 100:+.2f}" for s in sparsities]
+    lines.append("| GMP - one-shot+FT (points) | " + " | ".join(gaps) + " |")
+    if static:
+        lines.append("")
+        lines.append(f"static graph, GMP {static['sparsity']:.0%}: dense {static['dense'][0]:.2%} ± "
+                     f"{static['dense'][1]:.2%}, GMP {static['gmp'][0]:.2%} ± {static['gmp'][1]:.2%} "
+                     f"(dygraph GMP {table['gmp'][str(static['sparsity'])][0]:.2%} ± "
+                     f"{table['gmp'][str(static['sparsity'])][1]:.2%})")
+    return "\n".join(lines)
+
+
+def plot(results: Dict[str, Dict[str, object]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.2), squeeze=False)
+    for ax, (name, res) in zip(axes[0], results.items()):
+        table, sp = res["table"], res["sparsities"]
+        xs = np.arange(len(sp))
+        d = table["dense_long"]["0"]
+        ax.axhspan((d[0] - d[1]) * 100, (d[0] + d[1]) * 100, color="0.85",
+                   label=f"dense, same budget: {d[0]:.2%} (± 1 sd)")
+        ax.axhline(d[0] * 100, color="0.4", lw=1)
+        styles = {"oneshot": ("one-shot, no fine-tune", "tab:red", "s"),
+                  "oneshot_ft": ("one-shot + fine-tune", "tab:orange", "^"),
+                  "gmp": ("GMP", "tab:blue", "o")}
+        for arm, (label, color, marker) in styles.items():
+            m = np.array([table[arm][str(s)][0] for s in sp]) * 100
+            e = np.array([table[arm][str(s)][1] for s in sp]) * 100
+            ax.errorbar(xs, m, yerr=e, label=label, color=color, marker=marker, capsize=3)
+        ax.set_xticks(xs, [f"{s:.0%}" for s in sp])
+        ax.set_xlabel("sparsity of the prunable weights")
+        ax.set_ylabel("held-out accuracy (%)")
+        low = min(table["oneshot_ft"][str(sp[-1])][0], table["gmp"][str(sp[-1])][0]) * 100
+        ax.set_ylim(max(0, min(low - 5, d[0] * 100 - 10)), 100.5)
+        ax.set_title(f"{name}: mean ± sd over {res['seeds']} seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--mnist-epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--mnist-dir", type=Path, default=None)
+    p.add_argument("--static-sparsity", type=float, default=0.9)
+    p.add_argument("--no-static", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("docs/quality_digits"), help="output stem (.json, .png)")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
+    paddle.set_device("cpu")
+    datasets = [("digits", load_digits(), args.epochs, args.batch_size)]
+    if args.mnist_dir:
+        datasets.append(("mnist", load_mnist(args.mnist_dir), args.mnist_epochs, 128))
+    results: Dict[str, Dict[str, object]] = {}
+    t0 = time.perf_counter()
+    for name, data, epochs, batch in datasets:
+        runs = []
+        for seed in range(args.seeds):
+            runs.append(dygraph_seed(data, seed, epochs, batch, args.lr, SPARSITIES))
+            print(f"[{time.perf_counter() - t0:7.1f} s] {name} seed {seed}: dense {runs[-1]['dense']:.4f} "
+                  + " ".join(f"{s}: gmp {runs[-1][str(s)]['gmp']:.4f} os+ft {runs[-1][str(s)]['oneshot_ft']:.4f}"
+                             for s in SPARSITIES), flush=True)
+        res: Dict[str, object] = {"runs": runs, "seeds": args.seeds, "epochs": epochs, "batch_size": batch,
+                                  "lr": args.lr, "sparsities": list(SPARSITIES)}
+        res["table"] = summarize(runs, SPARSITIES)
+        if not args.no_static and name == "digits":
+            st = [static_seed(data, seed, epochs, batch, args.lr, args.static_sparsity) for seed in range(args.seeds)]
+            print(f"[{time.perf_counter() - t0:7.1f} s] static: {st}", flush=True)
+            res["static"] = {"sparsity": args.static_sparsity, "runs": st,
+                             "dense": summarize([{"dense": r["dense"]} for r in st], [])["dense"]["0"],
+                             "gmp": summarize([{"dense": r["gmp"]} for r in st], [])["dense"]["0"]}
+        results[name] = res
+        print(f"\n## {name} ({args.seeds} seeds, {epochs} dense epochs, batch {batch})\n")
+        print(markdown(res["table"], SPARSITIES, res.get("static")), flush=True)
+    res_all = {"results": results, "seconds": time.perf_counter() - t0}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(res_all, indent=1))
+    plot(results, args.out.with_suffix(".png"))
+    print(f"\nwrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')} "
+          f"in {res_all['seconds']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
