@@ -1,0 +1,131 @@
+"""PNG plots of a sparsity report (matplotlib, the optional ``plot`` extra; Agg backend, no display needed).
+
+* ``<stem>_density.png``   - per-weight density bars (prunable weights dark, the others light);
+* ``<stem>_schedule.png``  - the GMP schedule against iterations with the measured sparsity on top (when the
+  report has a history);
+* ``<stem>_histogram.png`` - histogram of |w| of the prunable weights (log scale) with the threshold.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sparsity_report import SparsityReport
+
+__all__ = ["require_matplotlib", "plot_density", "plot_schedule", "plot_histogram", "write_plots", "PLOT_EXTRA_HINT"]
+
+PLOT_EXTRA_HINT = "plots need matplotlib: pip install \"paddleslim-sparsity[plot]\" (or pass --no-plots)"
+
+
+def require_matplotlib() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend; ImportError with a one-line install hint when missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(PLOT_EXTRA_HINT) from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_density(report: "SparsityReport", path: Union[str, Path]) -> str:
+    """Horizontal bars: density of every weight (with its shape), prunable ones highlighted."""
+    plt = require_matplotlib()
+    rows = report.layers
+    labels = [f"{r.layer or r.name}  {'x'.join(map(str, r.shape))}" for r in rows]
+    colors = ["tab:blue" if r.prunable else ("tab:gray" if r.prunable is None else "lightgray") for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(rows)))
+    y = np.arange(len(rows))
+    ax.barh(y, [r.density for r in rows], color=colors)
+    for yi, r in zip(y, rows):
+        ax.text(min(r.density, 1.0) + 0.01, yi, f"{r.density:.3f}", va="center", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("density (nonzero / all)")
+    pd = report.prunable_density
+    title = f"per-weight density: all {report.density:.3f}"
+    if pd is not None:
+        title += f", prunable {pd:.3f} (dark bars)"
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_schedule(history: Dict[str, Any], path: Union[str, Path]) -> str:
+    """The schedule's ratio as a step line against iterations, the measured sparsity as dots on top."""
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sched = history.get("schedule") or []
+    if sched:
+        xs = [p[0] for p in sched]
+        ys = [p[1] for p in sched]
+        ax.step(xs, ys, where="post", color="tab:blue", label="GMP schedule (target ratio)")
+    meas = history.get("measured") or []
+    if meas:
+        ax.plot([p[0] for p in meas], [p[1] for p in meas], "o", ms=3.5, color="tab:orange",
+                label="measured sparsity of the prunable weights")
+    target = history.get("target")
+    if target is not None:
+        ax.axhline(target, color="0.6", lw=0.8, ls="--", label=f"target {target:.0%}")
+    ax.set_xlabel("iteration (optimizer steps)")
+    ax.set_ylabel("sparsity")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("GMP schedule and measured sparsity", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_histogram(report: "SparsityReport", path: Union[str, Path], bins: int = 80) -> str:
+    """Histogram of nonzero |w| of the prunable weights (all >= 2-D weights when unknown), log x axis,
+    the number of zeros in the legend, the threshold(s) as vertical lines."""
+    plt = require_matplotlib()
+    names = [r.name for r in report.layers if r.prunable] or \
+        [r.name for r in report.layers if r.prunable is None and len(r.shape) >= 2]
+    vals = np.concatenate([np.abs(report.weights[n]).ravel() for n in names if n in report.weights]) \
+        if names else np.zeros(0)
+    nz = vals[vals > 0].astype(np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if nz.size:
+        lo, hi = max(nz.min(), 1e-12), nz.max()
+        edges = np.logspace(np.log10(lo), np.log10(hi * 1.0001), bins)
+        ax.hist(nz, bins=edges, color="tab:blue", alpha=0.8,
+                label=f"nonzero |w| ({nz.size} of {vals.size}; {vals.size - nz.size} zeros)")
+        ax.set_xscale("log")
+    thresholds = sorted({r.threshold for r in report.layers if r.name in names and r.threshold is not None})
+    for i, t in enumerate(thresholds[:8]):
+        if t > 0:
+            ax.axvline(t, color="tab:red", lw=1.2, label=f"threshold {t:.4g}" if i < 3 else None)
+    ax.set_xlabel("|w|")
+    ax.set_ylabel("count")
+    ax.set_title("|w| of the prunable weights" if any(r.prunable for r in report.layers)
+                 else "|w| of the >= 2-D weights", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def write_plots(report: "SparsityReport", out_dir: Union[str, Path], stem: str = "sparsity",
+                history: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """All plots of ``report`` into ``out_dir``; returns {"density_png": path, ...}."""
+    out = Path(out_dir)
+    files = {"density_png": plot_density(report, out / f"{stem}_density.png"),
+             "histogram_png": plot_histogram(report, out / f"{stem}_histogram.png")}
+    hist = history or report.history
+    if hist:
+        files["schedule_png"] = plot_schedule(hist, out / f"{stem}_schedule.png")
+    return files
