@@ -3,22 +3,27 @@
 * :func:`static_mode` / :func:`program_mode` - the one place that switches Paddle into static mode (PIR or legacy IR);
 * :func:`param_infos` - every parameter of a program as a core :class:`ParamInfo` (norm-op operands
   flagged ``is_norm``);
-* :func:`all_ops` - every op of every block.
+* :func:`all_ops` - every op of every block;
+* :func:`param_writes` - which global-block ops write which parameters, found structurally (PIR: in-place
+  ops whose mutated operand is a parameter, ops storing into a parameter's name; legacy IR: ops whose outputs
+  name a parameter), control-flow sub-blocks attributed to the op that owns them.
 
 Scope access lives in :mod:`paddleslim_static.scope_io`.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Iterator, List, Optional, Set
+from typing import Any, ContextManager, Iterator, List, Optional, Set, Tuple
 
 import paddle
 
+from .core.naming import mask_name
 from .core.params import ParamInfo
 
 __all__ = [
-    "NORM_OPS_PIR", "NORM_OPS_LEGACY", "OPTIMIZER_OPS_PIR", "is_pir_program", "check_program", "static_mode",
-    "program_mode", "all_ops", "param_infos", "parameter_names", "norm_param_names", "has_optimizer_ops",
+    "NORM_OPS_PIR", "NORM_OPS_LEGACY", "is_pir_program", "check_program", "static_mode", "program_mode",
+    "all_ops", "param_infos", "parameter_names", "norm_param_names", "param_writes", "written_params",
+    "has_optimizer_ops", "mask_op_param", "MASK_CAST_SUFFIX",
     "value_name", "param_name",
 ]
 
@@ -32,13 +37,6 @@ NORM_OPS_LEGACY = frozenset({
     "batch_norm", "sync_batch_norm", "layer_norm", "group_norm", "instance_norm", "spectral_norm",
     "lrn", "rms_norm", "fused_bn_add_activation",
 })
-# Parameter-update ops optimizer.minimize() appends in PIR (PIR ops carry no op_role).
-OPTIMIZER_OPS_PIR = frozenset("pd_op." + n for n in (
-    "sgd_", "momentum_", "lars_momentum_", "merged_momentum_", "adam_", "adamw_", "merged_adam_",
-    "fused_adam_", "lamb_", "rmsprop_", "adagrad_", "adamax_", "adadelta_", "decayed_adagrad_",
-    "asgd_", "nadam_", "radam_", "ftrl", "dpsgd", "dgc_momentum",
-))
-_OPTIMIZE_ROLE = 0x0002  # legacy OpRole.Optimize
 
 
 def _pir_program_type() -> type:
@@ -155,12 +153,123 @@ def param_infos(program: Any) -> List[ParamInfo]:
     return infos
 
 
+MASK_CAST_SUFFIX = "_mask@CAST"  # legacy IR: the float copy of a mask, the mask op's second input
+
+# PIR ops that store a value into a scope variable by name (attribute), not through an operand.
+_STORE_BY_NAME_PIR = {"builtin.shadow_output": "output_name", "builtin.set_parameter": "parameter_name",
+                      "builtin.set_persistable_value": "name"}
+
+
+def _pir_written(op: Any, params: Set[str], out: Set[str]) -> None:
+    attr = _STORE_BY_NAME_PIR.get(op.name())
+    if attr is not None:
+        target = op.attrs().get(attr)
+        if target in params:
+            out.add(target)
+    else:
+        try:
+            inplace = paddle.base.core.pir.get_op_inplace_info(op)  # {result index: mutated operand index}
+        except Exception:  # ops without an op-info interface (builtin.*, cf.*) are never in place
+            inplace = {}
+        for operand in inplace.values():
+            name = value_name(op.operand_source(operand))
+            if name in params:
+                out.add(name)
+    for block in op.blocks():
+        for sub in block.ops:
+            _pir_written(sub, params, out)
+
+
+def _legacy_sub_block_ids(op: Any) -> List[int]:
+    ids: List[int] = []
+    for name in op.attr_names:
+        kind = op.attr_type(name)
+        if kind == paddle.base.core.AttrType.BLOCK:
+            ids.append(op._block_attr_id(name))
+        elif kind == paddle.base.core.AttrType.BLOCKS:
+            ids.extend(op._blocks_attr_ids(name))
+    return ids
+
+
+def _legacy_written(op: Any, params: Set[str], out: Set[str]) -> None:
+    out.update(n for n in op.output_arg_names if n in params)
+    program = op.block.program
+    for idx in _legacy_sub_block_ids(op):
+        for sub in program.block(idx).ops:
+            _legacy_written(sub, params, out)
+
+
+def written_params(op: Any, params: Set[str]) -> Set[str]:
+    """The names in ``params`` that ``op`` (or any op of its sub-blocks) writes."""
+    out: Set[str] = set()
+    if hasattr(op, "operands_source"):
+        _pir_written(op, params, out)
+    else:
+        _legacy_written(op, params, out)
+    return out
+
+
+def param_writes(program: Any) -> List[Tuple[int, Any, Set[str]]]:
+    """``(index, op, written parameter names)`` for every op of the global block that writes parameters.
+
+    A control-flow op counts as writing what any op of its sub-blocks writes.
+
+    >>> import paddle
+    >>> with static_mode(), paddle.utils.unique_name.guard():
+    ...     main, startup = paddle.static.Program(), paddle.static.Program()
+    ...     with paddle.static.program_guard(main, startup):
+    ...         x = paddle.static.data('x', [None, 4], 'float32')
+    ...         loss = paddle.nn.Linear(4, 2)(x).mean()
+    ...         _ = paddle.optimizer.Rprop(0.1).minimize(loss)
+    ...     [(op.name(), sorted(names)) for _, op, names in param_writes(main)]
+    [('pd_op.rprop_', ['linear_0.b_0']), ('pd_op.rprop_', ['linear_0.w_0'])]
+    """
+    params = set(parameter_names(program))
+    out = []
+    for i, op in enumerate(program.global_block().ops):
+        names = written_params(op, params)
+        if names:
+            out.append((i, op, names))
+    return out
+
+
+def mask_op_param(op: Any) -> Optional[str]:
+    """The parameter ``op`` masks, if it is a mask op of :mod:`paddleslim_static.mask_pass`, else None.
+
+    PIR: ``multiply_(p, y)`` with ``y`` computed from ``<p>_mask``; legacy IR: ``elementwise_mul`` with
+    X = Out = p and Y = ``<p>_mask@CAST``.
+    """
+    if not hasattr(op, "operands_source"):
+        if op.type != "elementwise_mul":
+            return None
+        x, y, o = op.input("X"), op.input("Y"), op.output("Out")
+        return x[0] if len(x) == 1 and x == o and y == [x[0] + MASK_CAST_SUFFIX] else None
+    if op.name() != "pd_op.multiply_" or op.num_operands() != 2:
+        return None
+    p, y = op.operands_source()
+    if not p.is_parameter:
+        return None
+    target = mask_name(param_name(p))
+    stack, seen = [y], 0
+    while stack and seen < 64:  # the packed-mask chain is ~20 values; a user's multiply_ never gets far
+        v = stack.pop()
+        seen += 1
+        if value_name(v) == target:
+            return param_name(p)
+        src = v.get_defining_op()
+        if src is not None and src.name() not in ("pd_op.data", "builtin.parameter"):
+            stack.extend(src.operands_source())
+    return None
+
+
+def _trainable(param: Any) -> bool:
+    return not param.stop_gradient if hasattr(param, "is_parameter") else bool(param.trainable)
+
+
 def has_optimizer_ops(program: Any) -> bool:
-    """Whether the program updates parameters (it went through ``optimizer.minimize``)."""
-    if is_pir_program(program):
-        return any(op.name() in OPTIMIZER_OPS_PIR for op in all_ops(program))
-    for op in all_ops(program):
-        role = op.attr("op_role") if op.has_attr("op_role") else 0
-        if int(role) & _OPTIMIZE_ROLE and "Param" in op.input_names:
-            return True
-    return False
+    """Whether an op other than a mask op writes a trainable parameter (the program trains).
+
+    Found structurally (:func:`param_writes`), so every optimizer counts, a user's own included.
+    """
+    trainable = {param_name(p) for p in _parameters(check_program(program)) if _trainable(p)}
+    return any(mask_op_param(op) is None and written_params(op, trainable) for op in program.global_block().ops)
