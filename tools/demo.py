@@ -1,126 +1,42 @@
-"""``paddleslim-demo``: train a small CNN, prune it to 90% sparsity with GMP, report, export.
+"""``paddleslim-demo``: train a small CNN, prune it to 90% sparsity with GMP, report, save, export.
 
 Runs on the bundled 8x8 digits data (sklearn's ``load_digits``) by default, or on local MNIST IDX
-files with ``--mnist-dir``. Nothing is ever downloaded.
+files with ``--mnist-dir``. Nothing is ever downloaded. Writes into ``--out-dir``: the checkpoint
+(``<net>.pdparams``, accepted by ``paddleslim-export --checkpoint``), the sparsity report
+(``sparsity.txt``/``.json`` and PNGs), ``results.json`` (accuracies) and the export (``export/``).
 
 >>> from paddleslim_tools.demo import main
->>> main(["--epochs", "2", "--no-export", "-q"])  # doctest: +SKIP
+>>> main(["--epochs", "2", "--no-export", "-q", "--out-dir", "/tmp/demo"])  # doctest: +SKIP
 0
 """
 from __future__ import annotations
 
 import argparse
-import gzip
-import importlib.resources
+import json
 import logging
+import math
+import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 import paddle
 
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
-from paddleslim_static.core import density as core_density
+
+from .demo_core import Dataset, accuracy, check_mnist_dir, load_digits, load_mnist, read_idx, train_epoch
 
 __all__ = ["main", "run", "DemoResult", "Dataset", "load_digits", "load_mnist", "read_idx", "build_model",
-           "gmp_configs"]
+           "digits_cnn", "mnist_cnn", "gmp_configs", "train_epoch", "accuracy"]
 
 _log = logging.getLogger("paddleslim")
+_PROG = "paddleslim-demo"
 
 TARGET_RATIO = 0.9
-TEST_FRACTION = 0.2
-SPLIT_SEED = 20240
-
-
-# -- data ------------------------------------------------------------------------------------------
-@dataclass
-class Dataset:
-    """Train/test images (N, 1, H, W) float32 in [0, 1] and int64 labels."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    @property
-    def image_shape(self) -> Tuple[int, int]:
-        return int(self.x_train.shape[2]), int(self.x_train.shape[3])
-
-
-def _digits_path():
-    try:
-        return importlib.resources.files(__package__ or "paddleslim_tools") / "data" / "digits.npz"
-    except (ModuleNotFoundError, TypeError):
-        return Path(__file__).resolve().with_name("data") / "digits.npz"
-
-
-def load_digits() -> Dataset:
-    """The bundled digits (1797 8x8 images, values 0..16), split 80/20 with a fixed seed."""
-    with importlib.resources.as_file(_digits_path()) as path, np.load(path) as data:
-        images, target = data["images"], data["target"]
-    x = (images.astype(np.float32) / 16.0)[:, None, :, :]
-    y = target.astype(np.int64)
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
-    n_test = int(round(TEST_FRACTION * len(y)))
-    test, train = order[:n_test], order[n_test:]
-    return Dataset("digits", x[train], y[train], x[test], y[test])
-
-
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (optionally gzip-compressed): 2 zero bytes, dtype code, ndim, big-endian dims."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4]!r})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    count = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - header != count * dtype.itemsize:
-        raise ValueError(f"{path}: IDX dims {dims} need {count * dtype.itemsize} data bytes, "
-                         f"file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype, count=count, offset=header).reshape(dims)
-
-
-def _find_idx(directory: Path, stem: str) -> Path:
-    """``train-images-idx3-ubyte`` also matches ``train-images.idx3-ubyte`` and ``.gz`` variants."""
-    prefix, kind = stem.rsplit("-", 2)[0], "-".join(stem.rsplit("-", 2)[1:])
-    for name in (stem, f"{prefix}.{kind}"):
-        for suffix in ("", ".gz"):
-            p = directory / (name + suffix)
-            if p.is_file():
-                return p
-    raise FileNotFoundError(f"--mnist-dir {directory}: no {stem}[.gz] (or {prefix}.{kind}[.gz]) found")
-
-
-def load_mnist(directory: Path) -> Dataset:
-    """MNIST (or a same-format set) from the four local IDX files in ``directory``."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"--mnist-dir: {directory} is not a directory")
-    parts = []
-    for split in ("train", "t10k"):
-        images = read_idx(_find_idx(directory, f"{split}-images-idx3-ubyte"))
-        labels = read_idx(_find_idx(directory, f"{split}-labels-idx1-ubyte"))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"--mnist-dir {directory}: {split} images {images.shape} / labels {labels.shape} "
-                             "do not match (want (N, H, W) and (N,))")
-        parts.append(((images.astype(np.float32) / 255.0)[:, None], labels.astype(np.int64)))
-    (x_train, y_train), (x_test, y_test) = parts
-    return Dataset("mnist", x_train, y_train, x_test, y_test)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -179,42 +95,26 @@ def gmp_configs(iters_per_epoch: int, prune_epochs: int, tune_epochs: int) -> Di
     }
 
 
-# -- training --------------------------------------------------------------------------------------
-def _batches(n: int, batch_size: int, rng: np.random.Generator):
-    order = rng.permutation(n)
-    for i in range(0, n, batch_size):
-        yield order[i:i + batch_size]
-
-
-def accuracy(model: paddle.nn.Layer, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
-    model.eval()
-    correct = 0
-    with paddle.no_grad():
-        for i in range(0, len(y), batch_size):
-            logits = model(paddle.to_tensor(x[i:i + batch_size]))
-            correct += int((logits.argmax(axis=1).numpy() == y[i:i + batch_size]).sum())
-    model.train()
-    return correct / max(1, len(y))
-
-
-def _prunable_density(model: paddle.nn.Layer, names: Sequence[str]) -> float:
+def _prunable_sparsity(model: paddle.nn.Layer, names: Sequence[str]) -> float:
     wanted = set(names)
-    return core_density(p.numpy() for p in model.parameters() if p.name in wanted)
+    arrays = [p.numpy() for p in model.parameters() if p.name in wanted]
+    return 1.0 - sum(int(np.count_nonzero(a)) for a in arrays) / max(1, sum(a.size for a in arrays))
 
 
 @dataclass
 class DemoResult:
-    """What a demo run measured; ``main`` prints it."""
+    """What a demo run measured; ``main`` prints it and writes it to ``results.json``."""
 
     dataset: str
+    image_shape: Tuple[int, int]
     dense_accuracy: float
     sparse_accuracy: float
     total_density: float
     prunable_density: float
     prunable_params: List[str]
-    layers: List[Tuple[str, Tuple[int, ...], float, bool]] = field(default_factory=list)
-    export_ok: Optional[bool] = None
     seconds: float = 0.0
+    files: Dict[str, str] = field(default_factory=dict)
+    export_ok: Optional[bool] = None
 
     @property
     def prunable_sparsity(self) -> float:
@@ -230,26 +130,10 @@ class _Out:
             print(msg, file=self.stream, flush=True)
 
 
-def train_epoch(model, opt, loss_fn, data: Dataset, batch_size: int, rng, pruner=None) -> Tuple[float, float]:
-    total_loss, correct, seen = 0.0, 0, 0
-    for idx in _batches(len(data.y_train), batch_size, rng):
-        x = paddle.to_tensor(data.x_train[idx])
-        y = paddle.to_tensor(data.y_train[idx])
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        loss.backward()
-        opt.step()
-        opt.clear_grad()
-        if pruner is not None:
-            pruner.step()
-        total_loss += float(loss) * len(idx)
-        correct += int((logits.argmax(axis=1).numpy() == data.y_train[idx]).sum())
-        seen += len(idx)
-    return total_loss / seen, correct / seen
+def run(args: argparse.Namespace, out: _Out) -> Tuple[DemoResult, paddle.nn.Layer, Dataset, Any]:
+    """Train dense, prune with GMP to 90%; returns (result, model, data, sparsity report) before finalize."""
+    from .sparsity_report import schedule_points, sparsity_report
 
-
-def run(args: argparse.Namespace, out: _Out) -> Tuple[DemoResult, paddle.nn.Layer, Dataset]:
-    """Train dense, prune with GMP to 90%, finalize; returns (result, pruned model, data) for export."""
     start = time.perf_counter()
     paddle.set_device("cpu")
     paddle.seed(args.seed)
@@ -272,67 +156,119 @@ def run(args: argparse.Namespace, out: _Out) -> Tuple[DemoResult, paddle.nn.Laye
     out(f"dense test accuracy: {dense_acc:.4f}")
 
     iters = -(-len(data.y_train) // args.batch_size)
-    prune_epochs = max(1, args.epochs)
-    tune_epochs = max(1, args.epochs)
-    configs = gmp_configs(iters, prune_epochs, tune_epochs)
+    configs = gmp_configs(iters, args.epochs, args.epochs)
     pruner = GMPUnstructuredPruner(model, ratio=TARGET_RATIO, configs=configs)
-    prunable = pruner.prunable_params
-    total_epochs = -(-(configs["pruning_iterations"] + configs["tunning_iterations"]) // iters)
+    prunable = list(pruner.masks)
+    total_iters = configs["pruning_iterations"] + configs["tunning_iterations"]
+    total_epochs = -(-total_iters // iters)
+    measured: List[List[float]] = []
+
+    def on_step(it: int, ratio_changed: bool) -> None:
+        if ratio_changed:  # the measured sparsity right after every schedule change
+            measured.append([it, _prunable_sparsity(model, prunable)])
+
     out(f"== GMP pruning to {TARGET_RATIO:.0%}: {total_epochs} epochs ({iters} iterations each); configs {configs} ==")
     for epoch in range(total_epochs):
-        loss, acc = train_epoch(model, opt, loss_fn, data, args.batch_size, rng, pruner)
+        loss, acc = train_epoch(model, opt, loss_fn, data, args.batch_size, rng, pruner, on_step)
         out(f"prune  epoch {epoch + 1:2d}/{total_epochs}  loss {loss:.4f}  train acc {acc:.4f}  "
-            f"ratio {pruner.ratio:.4f}  prunable density {_prunable_density(model, prunable):.4f}")
+            f"ratio {pruner.ratio:.4f}  prunable density {1 - _prunable_sparsity(model, prunable):.4f}")
+        measured.append([pruner.cur_iteration - 1, _prunable_sparsity(model, prunable)])
 
+    pruner.update_params()
     sparse_acc = accuracy(model, data.x_test, data.y_test)
-    pruner.finalize()  # masks applied for good, hook and mask buffers gone
-    by_layer = UnstructuredPruner.sparse_by_layer(model)
-    shapes = {p.name: tuple(p.shape) for p in model.parameters()}
-    layers = [(name, shapes[name], d, name in set(prunable)) for name, d in by_layer.items()]
+    history = {"schedule": schedule_points(pruner.schedule, total_epochs * iters), "measured": measured,
+               "target": TARGET_RATIO, "configs": configs}
+    report = sparsity_report(model, pruner=pruner, history=history)
+    pruner.finalize()  # masks applied for good, hook and mask buffers gone: a plain checkpoint
     return DemoResult(
-        dataset=data.name,
-        dense_accuracy=dense_acc,
-        sparse_accuracy=sparse_acc,
+        dataset=data.name, image_shape=data.image_shape, dense_accuracy=dense_acc, sparse_accuracy=sparse_acc,
         total_density=UnstructuredPruner.total_sparse(model),
-        prunable_density=_prunable_density(model, prunable),
-        prunable_params=prunable,
-        layers=layers,
+        prunable_density=1.0 - _prunable_sparsity(model, prunable), prunable_params=prunable,
         seconds=time.perf_counter() - start,
-    ), model, data
+    ), model, data, report
 
 
-def format_layer_table(layers: Sequence[Tuple[str, Tuple[int, ...], float, bool]]) -> str:
-    """Markdown-ish table: parameter, shape, density, pruned?"""
-    rows = [("parameter", "shape", "density", "pruned")]
-    rows += [(n, "x".join(map(str, s)) or "scalar", f"{d:.4f}", "yes" if p else "no") for n, s, d, p in layers]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def _builder(shape: Tuple[int, int]) -> str:
+    if tuple(shape) == (8, 8):
+        return "--model paddleslim_tools.demo:digits_cnn"
+    if tuple(shape) == (28, 28):
+        return "--model paddleslim_tools.demo:mnist_cnn"
+    return f"--model paddleslim_tools.demo:build_model --kwargs '{{\"image_shape\": [{shape[0]}, {shape[1]}]}}'"
 
 
-def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> Optional[bool]:
-    try:
-        from paddleslim_tools.export import export_layer
-    except ImportError as e:  # the export extra (onnx, paddle2onnx, onnxruntime) is not installed
-        _log.warning("export skipped: %s; install the export extra (pip install \".[export]\") or pass --no-export", e)
-        return None
+def _write_files(result: DemoResult, model: paddle.nn.Layer, report: Any, args: argparse.Namespace,
+                 out: _Out) -> None:
+    from .deployment import deployment_report
+
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    h, w = result.image_shape
+    stem = f"{result.dataset}_cnn"
+    ckpt = out_dir / f"{stem}.pdparams"
+    out(f"[files 1/2] checkpoint -> {ckpt}")
+    paddle.save(model.state_dict(), str(ckpt))
+    out(f"[files 2/2] sparsity report{'' if args.no_plots else ' and plots'} -> {out_dir}")
+    dep = deployment_report(model, [1, 1, h, w])
+    report.extra["deployment"] = dep.to_dict()
+    report.extra["accuracy"] = {"dense": result.dense_accuracy, "sparse": result.sparse_accuracy}
+    result.files.update(report.write(out_dir, "sparsity", plots=not args.no_plots))
+    result.files["checkpoint"] = str(ckpt)
+    out(f"deployment: {dep.summary()}", always=True)
+
+
+def _export_command(result: DemoResult, out_dir: Path) -> str:
+    h, w = result.image_shape
+    return (f"paddleslim-export --checkpoint {result.files['checkpoint']} {_builder(result.image_shape)} "
+            f"--input image:1x1x{h}x{w}:float32 --out {out_dir}")
+
+
+class _StepLog(logging.Handler):
+    """Shows the export tool's INFO log records as progress lines while it runs."""
+
+    def __init__(self, out: _Out) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.out(f"  export: {record.getMessage()}")
+
+
+def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> bool:
+    from paddleslim_tools.export import export_layer
+
     h, w = data.image_shape
     spec = [paddle.static.InputSpec([None, 1, h, w], "float32", "image")]
     model.eval()
-    out(f"== export to {out_dir} ==", always=True)
-    report = export_layer(model, spec, str(out_dir), name=f"{data.name}_cnn")
+    out(f"== export to {out_dir} (Paddle inference model, ONNX, compressed ONNX, verification) ==", always=True)
+    handler, loggers = _StepLog(out), [logging.getLogger("paddleslim"), logging.getLogger("paddleslim_tools")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        report = export_layer(model, spec, str(out_dir), name=f"{data.name}_cnn")
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
     out(report.format_table(), always=True)
     out(f"exported {len(report.files)} files to {Path(out_dir).resolve()}: "
         + ", ".join(Path(p).name for _, p in sorted(report.files.items())), always=True)
     return bool(report.ok)
 
 
+class _UsageError(Exception):
+    """An argparse error, shown as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, not usage + message
+        raise _UsageError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="paddleslim-demo",
-        description="Train a small CNN, prune it to 90%% unstructured sparsity with GMP, report and export it.",
-    )
+    p = _Parser(prog=_PROG, description="Train a small CNN, prune it to 90%% unstructured sparsity with GMP, "
+                                        "report, save and export it.")
     p.add_argument("--epochs", type=int, default=12,
                    help="dense training epochs; GMP then prunes for as many epochs and fine-tunes for as many "
                         "(default: %(default)s)")
@@ -341,49 +277,100 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="paddle and numpy seed (default: %(default)s)")
     p.add_argument("--mnist-dir", type=Path, default=None,
                    help="train on local MNIST IDX files (train-images-idx3-ubyte[.gz] etc.) instead of digits")
-    p.add_argument("--out-dir", type=Path, default=Path("out"), help="export directory (default: ./out)")
+    p.add_argument("--out-dir", type=Path, default=Path("out"),
+                   help="checkpoint, reports, results.json and export/ go here (default: ./out)")
     p.add_argument("--no-export", action="store_true", help="skip the Paddle inference / ONNX export")
+    p.add_argument("--no-plots", action="store_true", help="no PNGs (matplotlib not needed)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the results")
     return p
 
 
-def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked before training; ValueError with one line."""
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if not args.lr > 0 or not np.isfinite(args.lr):
-        p.error(f"--lr must be a positive number; got {args.lr}")
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number; got {args.lr}")
+    if not 0 <= args.seed < 2 ** 32:
+        raise ValueError(f"--seed must be in [0, 2**32); got {args.seed}")
+    if args.mnist_dir is not None:
+        try:
+            check_mnist_dir(args.mnist_dir)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {str(out_dir)!r} exists and is not a directory")
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out-dir {str(out_dir)!r}: {str(probe)!r} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out-dir {str(out_dir)!r}: {str(probe)!r} is not writable")
+    for sub in ("export",) if not args.no_export else ():
+        if (out_dir / sub).exists() and not (out_dir / sub).is_dir():
+            raise ValueError(f"--out-dir {str(out_dir)!r}: {str(out_dir / sub)!r} exists and is not a directory")
+    if not args.no_plots:
+        from .plots import require_matplotlib
+        try:
+            require_matplotlib()
+        except ImportError as e:
+            raise ValueError(str(e)) from None
+    if not args.no_export:
+        try:
+            from paddleslim_tools.export import export_layer  # noqa: F401
+        except ImportError as e:
+            raise ValueError(f"the export needs the export extra (pip install \"paddleslim-sparsity[export]\"), "
+                             f"or pass --no-export ({e})") from None
 
 
 def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) -> int:
-    """Entry point of ``paddleslim-demo``; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _check_args(parser, args)
+    """Entry point of ``paddleslim-demo``; returns the exit code (0 ok, 1 export check failed, 2 bad input)."""
+    try:
+        args = _parser().parse_args(argv)
+        _check_args(args)
+    except (_UsageError, ValueError) as e:
+        print(f"{_PROG}: error: {e}", file=sys.stderr)
+        return 2
     if not logging.getLogger().handlers and not _log.handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = _Out(stream if stream is not None else sys.stdout, args.quiet)
     warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
     t0 = time.perf_counter()
     try:
-        result, model, data = run(args, out)
+        result, model, data, report = run(args, out)
+        out("== result ==", always=True)
+        out(f"dense test accuracy:  {result.dense_accuracy:.4f}", always=True)
+        out(f"sparse test accuracy: {result.sparse_accuracy:.4f}", always=True)
+        out(f"total_sparse (density of all parameters): {result.total_density:.4f}", always=True)
+        out(f"prunable weights: {len(result.prunable_params)} parameters, density {result.prunable_density:.4f}, "
+            f"sparsity {result.prunable_sparsity:.4f}", always=True)
+        out(report.format_table(), always=True)
+        _write_files(result, model, report, args, out)
     except (OSError, ValueError) as e:
-        print(f"paddleslim-demo: error: {e}", file=sys.stderr)
+        print(f"{_PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    out("== result ==", always=True)
-    out(f"dense test accuracy:  {result.dense_accuracy:.4f}", always=True)
-    out(f"sparse test accuracy: {result.sparse_accuracy:.4f}", always=True)
-    out(f"total_sparse (density of all parameters): {result.total_density:.4f}", always=True)
-    out(f"prunable weights: {len(result.prunable_params)} parameters, density {result.prunable_density:.4f}, "
-        f"sparsity {result.prunable_sparsity:.4f}", always=True)
-    out(format_layer_table(result.layers), always=True)
-    if args.no_export:
-        out(f"done in {result.seconds:.1f} s (export skipped: --no-export)", always=True)
-        return 0
-    ok = _export(model, data, args.out_dir, out)
-    out(f"done in {time.perf_counter() - t0:.1f} s", always=True)
+    ok = None
+    if not args.no_export:
+        try:
+            ok = _export(model, data, args.out_dir / "export", out)
+        except Exception as e:  # the export tool's own errors: one line, not a traceback
+            print(f"{_PROG}: error: export failed: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+            return 1
+        result.files["export_dir"] = str(args.out_dir / "export")
+    result.export_ok = ok
+    result.files["results"] = str(args.out_dir / "results.json")
+    payload = dict(asdict(result), export_command=_export_command(result, args.out_dir / "export2"))
+    Path(result.files["results"]).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    for kind, path in sorted(result.files.items()):
+        out(f"wrote {kind}: {Path(path).resolve()}", always=True)
+    out(f"re-export the checkpoint: {payload['export_command']}", always=True)
+    out(f"done in {time.perf_counter() - t0:.1f} s" + (" (export skipped: --no-export)" if args.no_export else ""),
+        always=True)
     if ok is False:
-        print("paddleslim-demo: export verification failed (see the report above)", file=sys.stderr)
+        print(f"{_PROG}: export verification failed (see the report above)", file=sys.stderr)
         return 1
     return 0
 

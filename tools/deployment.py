@@ -190,7 +190,7 @@ def _dygraph_ops(model: Any, input_shape: Sequence[int], threshold: float) -> Li
     def hook(layer, inputs, output):
         w = layer.weight.numpy()
         x, y = list(inputs[0].shape), list(output.shape)
-        lname = names.get(id(layer))
+        lname = f"{names.get(id(layer)) or type(layer).__name__}.weight"
         if isinstance(layer, paddle.nn.Linear):
             flops = 2 * int(np.prod(x)) * int(w.shape[1])
             found.append(_verdict("matmul", layer.weight.name, w, 1, [1, 1], [0, 0], flops, threshold, lname))

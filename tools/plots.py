@@ -36,7 +36,7 @@ def plot_density(report: "SparsityReport", path: Union[str, Path]) -> str:
     """Horizontal bars: density of every weight (with its shape), prunable ones highlighted."""
     plt = require_matplotlib()
     rows = report.layers
-    labels = [f"{r.layer or r.name}  {'x'.join(map(str, r.shape))}" for r in rows]
+    labels = [f"{r.name}{f' ({r.layer})' if r.layer else ''}  {'x'.join(map(str, r.shape))}" for r in rows]
     colors = ["tab:blue" if r.prunable else ("tab:gray" if r.prunable is None else "lightgray") for r in rows]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(rows)))
     y = np.arange(len(rows))

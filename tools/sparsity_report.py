@@ -257,7 +257,7 @@ def load_weights(source: Any, scope: Any = None) -> Tuple[str, Dict[str, np.ndar
         return "dygraph model", weights, structured, masked
     if isinstance(source, Mapping):
         weights, masked = _checkpoint_weights(source)
-        return "state dict", weights, {k: k for k in weights}, masked
+        return "state dict", weights, {}, masked
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if path.endswith(".pdparams") or path.endswith(".pdopt"):
@@ -267,7 +267,7 @@ def load_weights(source: Any, scope: Any = None) -> Tuple[str, Dict[str, np.ndar
             if not isinstance(state, Mapping):
                 raise ValueError(f"checkpoint {path!r} is not a state dict (got {type(state).__name__})")
             weights, masked = _checkpoint_weights(state)
-            return "checkpoint", weights, {k: k for k in weights}, masked
+            return "checkpoint", weights, {}, masked
         program, scope, legacy = load_inference_model(path)
         return ("legacy inference model" if legacy else "inference model"), _program_weights(program, scope), {}, {}
     is_legacy_program(source)  # TypeError for anything that is not a program

@@ -1,0 +1,217 @@
+"""``paddleslim-report``: per-layer sparsity table, JSON and PNGs, plus the deployment report.
+
+    paddleslim-report out/digits_cnn.pdparams                       # table of a dygraph checkpoint
+    paddleslim-report out/export/digits_cnn --out rep/              # inference model; rep/sparsity.{txt,json,png}
+    paddleslim-report ckpt.pdparams --model paddleslim_tools.demo:digits_cnn --input-shape 1x1x8x8
+    paddleslim-report model.pdmodel --input-shape 1x3x224x224 --sparse-threshold 0.4
+
+Kept apart from :mod:`paddleslim_tools.sparsity_report` (the library) so neither module passes 400 lines.
+Exit codes: 0 done, 2 bad input (one line on stderr, nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["main", "parse_shape", "load_model"]
+
+_PROG = "paddleslim-report"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage + message)
+        raise _UsageError(message)
+
+
+def parse_shape(text: str) -> List[int]:
+    """``1x3x224x224`` (or ``1,3,224,224``) -> [1, 3, 224, 224]."""
+    parts = str(text).replace(",", "x").split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--input-shape must look like 1x3x224x224; got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"--input-shape dims must be positive ints; got {text!r}")
+    return dims
+
+
+def load_model(spec: str, kwargs: Optional[Dict[str, Any]] = None, checkpoint: Optional[str] = None) -> Any:
+    """Build ``module:callable(**kwargs)`` and load ``checkpoint`` into it (pruner masks, bool or bit-packed,
+    folded into their weights)."""
+    import paddle
+
+    from .sparsity_report import MASK_SUFFIX, unpack_mask
+
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"--model must be module:callable (e.g. paddleslim_tools.demo:digits_cnn); got {spec!r}")
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--model {spec!r}: {e}") from None
+    try:
+        net = obj(**(kwargs or {}))
+    except Exception as e:
+        raise ValueError(f"--model {spec!r} failed to build with --kwargs {kwargs or {}}: {e}") from None
+    if not isinstance(net, paddle.nn.Layer):
+        raise ValueError(f"--model {spec!r} returned {type(net).__name__}, not a paddle.nn.Layer")
+    if checkpoint is None:
+        return net
+    state = paddle.load(checkpoint, return_numpy=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {checkpoint!r} is not a state dict")
+    expected = net.state_dict()
+    loaded = {}
+    for k, v in expected.items():
+        if k not in state:
+            raise ValueError(f"checkpoint {checkpoint!r} has no {k!r} (does --model build the right network?)")
+        arr = np.asarray(state[k])
+        if list(arr.shape) != list(v.shape):
+            raise ValueError(f"checkpoint {checkpoint!r}: {k!r} has shape {list(arr.shape)}, network {list(v.shape)}")
+        m = state.get(k + MASK_SUFFIX)
+        if m is not None and np.issubdtype(arr.dtype, np.floating):
+            arr = arr * unpack_mask(np.asarray(m), arr.shape, k + MASK_SUFFIX).astype(arr.dtype)
+        loaded[k] = arr
+    net.set_state_dict(loaded)
+    return net
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=_PROG, description="Per-layer sparsity report (table, JSON, PNG) and deployment report of a "
+                                        "checkpoint or an inference model.")
+    p.add_argument("source", help="dygraph checkpoint (.pdparams) or inference model prefix (.json / .pdmodel)")
+    p.add_argument("--model", help="module:callable building the network of a checkpoint (needed for "
+                                   "--input-shape with a checkpoint)")
+    p.add_argument("--kwargs", default=None, help="JSON object of keyword arguments for --model")
+    p.add_argument("--input-shape", default=None, metavar="NxCxHxW",
+                   help="also write the deployment report for this input shape")
+    p.add_argument("--sparse-threshold", type=float, default=None, metavar="F",
+                   help="Paddle Lite opt's --sparse_threshold (default 0.6)")
+    p.add_argument("--history", default=None, metavar="JSON",
+                   help="GMP history {'schedule': [[it, ratio], ...], 'measured': [[it, sparsity], ...]}")
+    p.add_argument("--out", default=None, metavar="DIR", help="write NAME.txt, NAME.json and PNGs here")
+    p.add_argument("--name", default="sparsity", help="file name stem (default: sparsity)")
+    p.add_argument("--no-plots", action="store_true", help="no PNGs (matplotlib not needed)")
+    p.add_argument("--max-rows", type=int, default=None, help="print at most this many table rows")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the written paths")
+    return p
+
+
+def _validate(args: argparse.Namespace) -> Dict[str, Any]:
+    src = args.source
+    is_ckpt = src.endswith(".pdparams")
+    if is_ckpt and not os.path.isfile(src):
+        raise ValueError(f"checkpoint {src!r} not found")
+    if not is_ckpt:
+        from .sparsity_report import _model_file
+        try:
+            _model_file(src)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+    kw = None
+    if args.kwargs is not None:
+        try:
+            kw = json.loads(args.kwargs)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--kwargs is not JSON ({e.msg}): {args.kwargs!r}") from None
+        if not isinstance(kw, dict):
+            raise ValueError(f"--kwargs must be a JSON object; got {args.kwargs!r}")
+    if args.model and not is_ckpt:
+        raise ValueError("--model goes with a .pdparams checkpoint, not an inference model")
+    shape = parse_shape(args.input_shape) if args.input_shape is not None else None
+    if shape is not None and is_ckpt and not args.model:
+        raise ValueError("--input-shape with a checkpoint needs --model module:callable (the network's ops)")
+    if args.sparse_threshold is not None and not 0.0 <= args.sparse_threshold <= 1.0:
+        raise ValueError(f"--sparse-threshold must be in [0, 1]; got {args.sparse_threshold}")
+    if args.sparse_threshold is not None and shape is None:
+        raise ValueError("--sparse-threshold needs --input-shape (it applies to the deployment report)")
+    if args.max_rows is not None and args.max_rows < 1:
+        raise ValueError(f"--max-rows must be >= 1; got {args.max_rows}")
+    history = None
+    if args.history is not None:
+        try:
+            history = json.loads(Path(args.history).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--history {args.history!r}: {e}") from None
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {args.out!r} exists and is not a directory")
+        probe = out
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            raise ValueError(f"--out {args.out!r}: {str(probe)!r} is not a writable directory")
+        if not args.no_plots:
+            from .plots import require_matplotlib
+            try:
+                require_matplotlib()
+            except ImportError as e:
+                raise ValueError(str(e)) from None
+    if not args.name or os.sep in args.name or args.name in (".", ".."):
+        raise ValueError(f"--name must be a plain file name stem; got {args.name!r}")
+    return {"checkpoint": is_ckpt, "kwargs": kw, "shape": shape, "history": history}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``paddleslim-report``; returns the exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = _parser().parse_args(argv)
+        v = _validate(args)
+        import paddle
+
+        from .deployment import DEFAULT_SPARSE_THRESHOLD, deployment_report
+        from .sparsity_report import sparsity_report
+
+        paddle.set_device("cpu")
+        target: Any = args.source
+        if args.model:
+            target = load_model(args.model, v["kwargs"], args.source)
+        rep = sparsity_report(args.source, history=v["history"])  # checkpoint masks mark the prunable weights
+        dep = None
+        if v["shape"] is not None:
+            th = args.sparse_threshold if args.sparse_threshold is not None else DEFAULT_SPARSE_THRESHOLD
+            dep = deployment_report(target, v["shape"], sparse_threshold=th)
+            rep.extra["deployment"] = dep.to_dict()
+    except _UsageError as e:
+        print(f"{_PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        msg = " ".join(str(e).split())
+        print(f"{_PROG}: error: {msg[:300]}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"{rep.kind}: {rep.source}")
+        print(rep.format_table(args.max_rows))
+        if dep is not None:
+            print()
+            print(dep.format_table())
+    if args.out is not None:
+        files = rep.write(args.out, args.name, plots=not args.no_plots)
+        if dep is not None:
+            path = Path(args.out) / f"{args.name}_deployment.txt"
+            path.write_text(dep.format_table() + "\n", encoding="utf-8")
+            files["deployment"] = str(path)
+        for kind, path in files.items():
+            print(f"wrote {kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
