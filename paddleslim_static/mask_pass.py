@@ -243,8 +243,9 @@ class _AllKeptBits(paddle.nn.initializer.Initializer):
         last = (0xFF << (8 - tail)) & 0xFF if tail else 0xFF
         parts = [(size - 1, 0xFF), (1, last)] if size > 1 else [(1, last)]
         if isinstance(block, paddle.pir.Block):
-            vals = [paddle.full([k], v, "uint8") for k, v in parts if k]
-            return vals[0] if len(vals) == 1 else paddle.concat(vals)
+            # int32 then cast: Paddle 3.3.1's PIR concat refuses uint8 (its dtype list says 'unit8')
+            vals = [paddle.full([k], v, "int32") for k, v in parts]
+            return paddle.cast(vals[0] if len(vals) == 1 else paddle.concat(vals), "uint8")
         outs = []
         for k, v in parts:
             tmp = block.create_var(name=f"{var.name}@INIT{len(outs)}", dtype="uint8", shape=[k], persistable=False)
