@@ -1,7 +1,7 @@
-"""PaddleSlim's dygraph unstructured pruners for Paddle 3, on the shared numerical core.
+"""PaddleSlim's dygraph unstructured pruners for Paddle 3, on the shared core (:mod:`paddleslim_static.core`).
 
->>> from paddleslim_dygraph import UnstructuredPruner, GMPUnstructuredPruner
+>>> from paddleslim_dygraph import UnstructuredPruner, GMPUnstructuredPruner, folded
 """
-from .pruner import GMPUnstructuredPruner, UnstructuredPruner, density, sparsity
+from .pruner import GMPUnstructuredPruner, UnstructuredPruner, density, folded, sparsity
 
-__all__ = ["UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity"]
+__all__ = ["UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity", "folded"]

@@ -12,14 +12,14 @@ from typing import Any
 
 __all__ = [
     "core", "UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity", "apply_mask_pass",
-    "MaskPassResult", "mask_var_name", "masked_params",
+    "MaskPassResult", "mask_var_name", "masked_params", "folded",
 ]
 __version__ = "0.2.0"
 
 _WHERE = {
     "UnstructuredPruner": ".pruner", "GMPUnstructuredPruner": ".pruner", "density": ".pruner",
     "sparsity": ".pruner", "apply_mask_pass": ".mask_pass", "MaskPassResult": ".mask_pass",
-    "mask_var_name": ".mask_pass", "masked_params": ".mask_pass", "core": ".core",
+    "mask_var_name": ".mask_pass", "masked_params": ".mask_pass", "core": ".core", "folded": ".folding",
 }
 
 

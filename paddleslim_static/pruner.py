@@ -11,23 +11,26 @@ State kept in the scope (and initialised by the startup program):
 * ``unstructured_pruner.masks_ready`` - bool, False after the startup program ran: the masks in the
   scope were reset to all True, so the pruner restores them (threshold mode) on its next
   ``step()`` / ``update_params()`` / ``update_threshold()``.
+
+The pruner is the core's :class:`~paddleslim_static.core.pruner.Pruner` over a :class:`ProgramBackend`.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+import weakref
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 
 from .core import density as _density
 from .core.params import ParamInfo, is_conv1x1
+from .core.pruner import Pruner
 from .core.schedule import GMPSchedule
-from .mask_pass import MaskPassResult, apply_mask_pass, masked_params
+from .mask_pass import MaskPassResult, apply_mask_pass, unmasked_params
 from .programs import check_program, param_infos, parameter_names, program_mode
-from .scope_io import host_view, is_initialized, scope_arrays, tensor_of, write_scope
-from .pruner_base import GMPMixin, PrunerBase
+from .scope_io import check_place, check_scope, host_view, is_initialized, scope_arrays, tensor_of, write_scope
 
 __all__ = ["UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity", "GLOBAL_THRESHOLD_VAR",
            "READY_VAR", "threshold_var_name"]
@@ -65,7 +68,118 @@ def sparsity(program: Any, scope: Any = None) -> float:
     return 1.0 - density(program, scope)
 
 
-class UnstructuredPruner(PrunerBase):
+class ProgramBackend:
+    """The static backend of the core pruner: a program (rewritten by the mask pass), its startup program, a scope."""
+
+    apply_on_attach = True  # no forward hook in a program: the next exe.run must already see the zeros
+
+    def __init__(self, program: Any, startup_program: Any, scope: Any, place: Any, local: bool) -> None:
+        self.target = program
+        self.program = program
+        self.startup_program = startup_program
+        self.scope = scope
+        self.place = place
+        self._local = local
+        self._pruner: Any = None
+        self.mask_of: Dict[str, str] = {}
+        self.tvars: Dict[str, str] = {}
+        self.pass_result: Optional[MaskPassResult] = None
+
+    # -- protocol ----------------------------------------------------------------------------------
+    def param_infos(self) -> List[ParamInfo]:
+        return param_infos(self.program)
+
+    def check_attach(self, names: Sequence[str], pruner: Any) -> None:
+        other = next((q for q in _LIVE if q.program is self.program and q.scope is self.scope), None)
+        if other is not None:  # they would share the mask and threshold variables of this scope
+            raise ValueError(
+                f"this program is already pruned in this scope by {type(other).__name__} at 0x{id(other):x} "
+                f"(mode={other.mode!r}); call its finalize() before building another pruner on it, or use another "
+                "scope"
+            )
+
+    def attach(self, names: Sequence[str], pruner: Any) -> None:
+        self.tvars = {n: threshold_var_name(n) for n in names} if self._local else {"": GLOBAL_THRESHOLD_VAR}
+        scalars: Dict[str, Any] = {v: float(pruner.threshold) for v in self.tvars.values()}
+        scalars[READY_VAR] = False
+        self.pass_result = apply_mask_pass(self.program, self.startup_program, names, scalars)
+        self.mask_of = dict(self.pass_result.mask_vars)
+        shapes = {p.name: p.shape for p in self.param_infos()}
+        for n in names:
+            if not is_initialized(self.scope, self.mask_of[n]):
+                write_scope(self.scope, self.mask_of[n], np.ones(shapes[n], dtype=bool), self.place)
+        for v in self.tvars.values():
+            if not is_initialized(self.scope, v):
+                write_scope(self.scope, v, np.array(pruner.threshold, dtype=np.float32), self.place)
+        self._pruner = pruner
+        self._set_ready(self.weights_ready())
+        _LIVE.add(pruner)
+        if not self.weights_ready():
+            _log.info("weights not initialised in the scope yet: masks are computed on the first "
+                      "step()/update_params() after the startup program ran")
+
+    @contextlib.contextmanager
+    def open(self, names: Sequence[str]) -> Iterator[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+        mask_names = [self.mask_of[n] for n in names]
+        with scope_arrays(self.scope, list(names) + mask_names, self.place) as arrays:
+            yield ({n: arrays[n] for n in names}, {n: arrays[self.mask_of[n]] for n in names})
+
+    def check_step(self) -> None:
+        unmasked = unmasked_params(self.program, list(self.mask_of))
+        if unmasked:
+            raise RuntimeError(
+                f"the program updates {len(unmasked)} pruned parameters without mask ops (e.g. {unmasked[0]!r}): the "
+                "optimizer ops were added after the pruner was built, so pruned weights would come back. Build the "
+                "pruner after optimizer.minimize(loss) (finalize() this one first)"
+            )
+
+    def masks_reset(self) -> bool:
+        if is_initialized(self.scope, READY_VAR) and bool(np.array(tensor_of(self.scope, READY_VAR))):
+            return False
+        for n in self.mask_of:
+            tensor_of(self.scope, n)  # RuntimeError naming the variable if the startup never ran
+        self._set_ready(True)
+        return True
+
+    def store_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None:
+        for key, var in self.tvars.items():
+            value = thresholds.get(key, threshold) if key else threshold
+            write_scope(self.scope, var, np.array(value, dtype=np.float32), self.place)
+
+    def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
+        return {n: n for n in names}
+
+    def after_apply(self) -> None:
+        pass
+
+    def detach(self) -> None:
+        _LIVE.discard(self._pruner)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def weights_ready(self) -> bool:
+        return all(is_initialized(self.scope, n) for n in self.mask_of)
+
+    def _set_ready(self, value: bool) -> None:
+        write_scope(self.scope, READY_VAR, np.array(value, dtype=bool), self.place)
+
+    def infos_of(self, target: Any) -> List[ParamInfo]:
+        return param_infos(check_program(target))
+
+    def weights_of(self, target: Any, names: Sequence[str]) -> Dict[str, np.ndarray]:
+        return {n: host_view(tensor_of(self.scope, n))[0] for n in names}  # read-only use: no write-back
+
+
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _startup_of(program: Any, startup_program: Any) -> Any:
+    if startup_program is None:
+        with program_mode(program):
+            startup_program = paddle.static.default_startup_program()
+    return check_program(startup_program, "startup_program")
+
+
+class UnstructuredPruner(Pruner):
     """Unstructured magnitude pruning of a static program (PaddleSlim's static API).
 
     Construct it after ``optimizer.minimize(loss)``; call ``step()`` after ``exe.run(main, ...)``.
@@ -104,111 +218,36 @@ class UnstructuredPruner(PrunerBase):
         *,
         startup_program: Any = None,
     ) -> None:
+        super().__init__(
+            self._bind(program, startup_program, scope, place, local_sparsity), mode=mode, ratio=ratio,
+            threshold=threshold, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
+            local_sparsity=local_sparsity, sparse_block=sparse_block,
+        )
+
+    def _bind(self, program: Any, startup_program: Any, scope: Any, place: Any, local: Any) -> ProgramBackend:
+        """Check the program, startup program, scope and place (nothing is changed yet) and make the backend."""
         self.program = check_program(program)
-        if startup_program is None:
-            with program_mode(self.program):
-                startup_program = paddle.static.default_startup_program()
-        self.startup_program = check_program(startup_program, "startup_program")
-        self.scope = _scope(scope)
-        self.place = paddle.CPUPlace() if place is None else place
-        self.pass_result: Optional[MaskPassResult] = None
-        super().__init__(program, mode, ratio, threshold, prune_params_type, skip_params_func,
-                         local_sparsity, sparse_block)
-        if self._weights_ready():
-            if self.mode == "threshold":
-                self._masks_from_threshold()
-                self.update_params()  # no forward hook in a program: the next exe.run must see them
-            self._set_ready(True)
-        else:
-            self._set_ready(False)
-            _log.info("weights not initialised in the scope yet: masks are computed on the first "
-                      "step()/update_params() after the startup program ran")
+        self.startup_program = _startup_of(self.program, startup_program)
+        self.scope = _scope(check_scope(scope))
+        self.place = paddle.CPUPlace() if place is None else check_place(place)
+        return ProgramBackend(self.program, self.startup_program, self.scope, self.place, local is True)
 
-    # -- hooks for PrunerBase ----------------------------------------------------------------------
-    def _param_infos(self) -> List[ParamInfo]:
-        return param_infos(self.program)
+    @property
+    def pass_result(self) -> Optional[MaskPassResult]:
+        """What the mask pass did to the program at construction."""
+        return self._backend.pass_result  # type: ignore[attr-defined]
 
-    def _threshold_vars(self, names: Sequence[str]) -> Dict[str, str]:
-        """Parameter name (or '' for the global one) -> threshold variable name."""
-        if self.local_sparsity:
-            return {n: threshold_var_name(n) for n in names}
-        return {"": GLOBAL_THRESHOLD_VAR}
-
-    def _create_masks(self, names: Sequence[str]) -> None:
-        tvars = self._threshold_vars(names)
-        scalars: Dict[str, Any] = {v: float(self.threshold) for v in tvars.values()}
-        scalars[READY_VAR] = False
-        self.pass_result = apply_mask_pass(self.program, self.startup_program, names, scalars)
-        if not masked_params(self.program):
-            _log.warning(
-                "the program has no optimizer update ops, so no mask ops were added: fine for an eval or "
-                "inference program; for training, construct the pruner after optimizer.minimize(loss)"
-            )
-        self._mask_of = dict(self.pass_result.mask_vars)
-        self._tvars = tvars
-        shapes = {p.name: p.shape for p in self._param_infos()}
-        for n in names:
-            if not is_initialized(self.scope, self._mask_of[n]):
-                write_scope(self.scope, self._mask_of[n], np.ones(shapes[n], dtype=bool), self.place)
-        for v in tvars.values():
-            if not is_initialized(self.scope, v):
-                write_scope(self.scope, v, np.array(self.threshold, dtype=np.float32), self.place)
-
-    @contextlib.contextmanager
-    def _open(self, names: Sequence[str]):
-        if not self._ready():
-            self._restore_masks()
-        mask_names = [self._mask_of[n] for n in names]
-        with scope_arrays(self.scope, list(names) + mask_names, self.place) as arrays:
-            yield ({n: arrays[n] for n in names}, {n: arrays[self._mask_of[n]] for n in names})
-
-    def _on_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None:
-        for key, var in self._tvars.items():
-            value = thresholds.get(key, threshold) if key else threshold
-            write_scope(self.scope, var, np.array(value, dtype=np.float32), self.place)
-
-    # -- scope state -------------------------------------------------------------------------------
-    def _weights_ready(self) -> bool:
-        return all(is_initialized(self.scope, n) for n in self._prunable)
-
-    def _ready(self) -> bool:
-        return is_initialized(self.scope, READY_VAR) and bool(np.array(tensor_of(self.scope, READY_VAR)))
-
-    def _set_ready(self, value: bool) -> None:
-        write_scope(self.scope, READY_VAR, np.array(value, dtype=bool), self.place)
-
-    def _restore_masks(self) -> None:
-        """The startup program ran after construction: masks are all True, thresholds at their initial
-        values. Threshold mode recomputes its masks from the (new) weights; thresholds are rewritten."""
-        for n in self._prunable:
-            tensor_of(self.scope, n)  # RuntimeError naming the variable if the startup never ran
-        self._set_ready(True)  # first: _masks_from_threshold re-enters _open
-        if self.mode == "threshold":
-            self._masks_from_threshold()
-            self.update_params()
-        else:
-            self._on_thresholds(self.threshold, self.thresholds)
-            self._masks_lost()
-
-    def _masks_lost(self) -> None:
-        """Hook: the masks in the scope were reset to all True."""
-
-    # -- API ---------------------------------------------------------------------------------------
     @property
     def masks(self) -> Dict[str, str]:
         """Parameter name -> name of its bool mask variable in the program and the scope."""
-        return dict(self._mask_of)
+        return dict(self._backend.mask_of)  # type: ignore[attr-defined]
 
     def mask_arrays(self) -> Dict[str, np.ndarray]:
         """Parameter name -> a copy of its current mask (bool numpy array)."""
-        with self._open(self._prunable) as (_, masks):
+        self._check_live()
+        self._masks_reset()
+        with self._backend.open(self._prunable) as (_, masks):
             return {n: m.copy() for n, m in masks.items()}
-
-    def _infos_of(self, target: Any) -> List[ParamInfo]:
-        return param_infos(check_program(target))
-
-    def _weights_of(self, target: Any, names: Sequence[str]) -> Dict[str, np.ndarray]:
-        return {n: host_view(tensor_of(self.scope, n))[0] for n in names}  # read-only use: no write-back
 
     def summarize_weights(self, program: Any = None, ratio: float = 0.1) -> float:
         """|w| below which about ``ratio`` of the prunable weights of ``program`` (default: this pruner's, read from
@@ -232,7 +271,7 @@ class UnstructuredPruner(PrunerBase):
         return {n: _density([host_view(tensor_of(scope, n))[0]]) for n in parameter_names(program)}
 
 
-class GMPUnstructuredPruner(GMPMixin, UnstructuredPruner):
+class GMPUnstructuredPruner(UnstructuredPruner):
     """Gradual magnitude pruning of a static program: the ratio follows PaddleSlim's cubic schedule."""
 
     def __init__(
@@ -249,11 +288,9 @@ class GMPUnstructuredPruner(GMPMixin, UnstructuredPruner):
         *,
         startup_program: Any = None,
     ) -> None:
-        schedule = GMPSchedule.from_configs(configs, ratio)
-        super().__init__(program, "ratio", ratio, 0.01, scope, place, prune_params_type, skip_params_func,
-                         local_sparsity, sparse_block, startup_program=startup_program)
-        self._init_gmp(schedule)
-
-    def _masks_lost(self) -> None:
-        if hasattr(self, "_schedule") and self.cur_iteration > self._schedule.start_iteration():
-            self._recompute_next = True  # masks computed by earlier steps were reset
+        schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the program is touched
+        Pruner.__init__(
+            self, self._bind(program, startup_program, scope, place, local_sparsity), mode="ratio", ratio=ratio,
+            prune_params_type=prune_params_type, skip_params_func=skip_params_func, local_sparsity=local_sparsity,
+            sparse_block=sparse_block, schedule=schedule,
+        )

@@ -12,7 +12,28 @@ from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["tensor_of", "is_initialized", "host_view", "write_scope", "scope_arrays"]
+__all__ = ["check_scope", "check_place", "tensor_of", "is_initialized", "host_view", "write_scope", "scope_arrays"]
+
+
+def check_scope(scope: Any, arg: str = "scope") -> Any:
+    """``scope`` itself if it is None or a Paddle Scope; TypeError naming the argument otherwise."""
+    import paddle
+
+    if scope is None or isinstance(scope, type(paddle.static.global_scope())):
+        return scope
+    raise TypeError(f"{arg} must be a paddle.static.Scope or None; got {type(scope).__name__} ({scope!r:.60})")
+
+
+def check_place(place: Any, arg: str = "place") -> Any:
+    """``place`` itself if it is a Paddle place; TypeError naming the argument otherwise."""
+    import paddle
+
+    kinds = tuple(t for t in (getattr(paddle, n, None) for n in (
+        "CPUPlace", "CUDAPlace", "CUDAPinnedPlace", "XPUPlace", "IPUPlace", "CustomPlace")) if isinstance(t, type))
+    if isinstance(place, kinds + (paddle.base.core.Place,)):
+        return place
+    raise TypeError(f"{arg} must be a Paddle place such as paddle.CPUPlace(); got {type(place).__name__} "
+                    f"({place!r:.60})")
 
 
 class _DLPackView:

@@ -24,23 +24,26 @@ def lenet(seed=0):
     return LeNet(num_classes=10)
 
 
-def test_masks_are_bool_buffers_in_state_dict_and_restore():
+def test_masks_are_bool_buffers_and_checkpoints_carry_only_the_zeros():
     model = lenet()
     pruner = UnstructuredPruner(model, "ratio", ratio=0.6)
     pruner.step()
-    sd = model.state_dict()
-    mask_keys = sorted(k for k in sd if k.endswith("_mask"))
-    assert mask_keys == ["fc.0.weight_mask", "fc.1.weight_mask", "fc.2.weight_mask",
-                         "features.0.weight_mask", "features.3.weight_mask"]
-    assert all(sd[k].dtype == paddle.bool for k in mask_keys)
-    # a fresh model + pruner restores masks and weights from the state dict
+    buffers = {k for k, _ in model.named_buffers()}
+    assert sorted(k for k in buffers if k.endswith("_mask")) == [
+        "fc.0.weight_mask", "fc.1.weight_mask", "fc.2.weight_mask", "features.0.weight_mask",
+        "features.3.weight_mask"]
+    assert all(m.dtype == paddle.bool for m in pruner.masks.values())
+    assert not [k for k in model.state_dict() if k.endswith("_mask")]  # the zeros carry the masks
+    # a fresh model + pruner restores masks, threshold and weights from the two state dicts
+    sd, psd = model.state_dict(), pruner.state_dict()
+    assert psd["masks"] == {}  # every mask is exactly weight != 0: nothing stored
     model2 = lenet(seed=1)
     pruner2 = UnstructuredPruner(model2, "ratio", ratio=0.6)
     model2.set_state_dict(sd)
-    sd2 = model2.state_dict()
-    for k in mask_keys:
-        np.testing.assert_array_equal(sd2[k].numpy(), sd[k].numpy())
-    assert [m.numpy().sum() for m in pruner2.masks.values()] == [m.numpy().sum() for m in pruner.masks.values()]
+    pruner2.set_state_dict(psd)
+    assert pruner2.threshold == pruner.threshold
+    for (n, a), (n2, b) in zip(pruner.masks.items(), pruner2.masks.items()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     # mask memory: 1 byte per element, a quarter of the float32 mask PaddleSlim keeps
     mask_bytes = sum(m.numpy().nbytes for m in pruner.masks.values())
     weight_bytes = sum(w.nbytes for w in weights_of(model, pruner.masks).values())
@@ -206,12 +209,21 @@ def test_gmp_follows_schedule_and_resume_matches_uninterrupted():
 def test_gmp_recomputes_only_when_ratio_changes():
     model = lenet()
     pruner = GMPUnstructuredPruner(model, ratio=0.8, configs=GMP)
-    calls = []
-    orig = pruner._compute_thresholds
-    pruner._compute_thresholds = lambda w, *rest: (calls.append(pruner.cur_iteration), orig(w, *rest))
+    rng = np.random.default_rng(0)
+    changes, last = [], None
     for _ in range(80):
+        with paddle.no_grad():  # weights drift between steps, as in training: a recompute moves the threshold
+            for p in model.parameters():
+                p.set_value(p.numpy() * (1 + 0.01 * rng.standard_normal(p.shape)).astype("float32"))
+        masks_before = {n: m.numpy().copy() for n, m in pruner.masks.items()}
         pruner.step()
-    assert calls == [0, 15, 30, 45, 60]
+        if pruner.threshold != last:
+            changes.append(pruner.cur_iteration - 1)
+        else:  # no recompute: the masks did not move either
+            for n, m in pruner.masks.items():
+                np.testing.assert_array_equal(m.numpy(), masks_before[n])
+        last = pruner.threshold
+    assert changes == [0, 15, 30, 45, 60]
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
@@ -297,10 +309,11 @@ def test_low_and_high_precision_weights(dtype):
     model = paddle.nn.Sequential(paddle.nn.Linear(16, 16), paddle.nn.Linear(16, 4))
     model.to(dtype=dtype)
     pruner = UnstructuredPruner(model, "ratio", ratio=0.5)
-    as_f32 = {n: np.asarray(paddle.cast(p, "float32").numpy()) for n, p in pruner._params.items()}
+    params = {p.name: p for p in model.parameters() if p.name in pruner.masks}
+    as_f32 = {n: np.asarray(paddle.cast(p, "float32").numpy()) for n, p in params.items()}
     pruner.step()
     assert np.float32(pruner.threshold) == ref.ratio_threshold(list(as_f32.values()), 0.5)
-    for n, p in pruner._params.items():
+    for n, p in params.items():
         assert p.dtype == getattr(paddle, dtype)
         after = paddle.cast(p, "float32").numpy()
         keep = np.abs(as_f32[n]) >= np.float32(pruner.threshold)

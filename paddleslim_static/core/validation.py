@@ -6,7 +6,8 @@ from numbers import Integral, Real
 from typing import Optional, Sequence, Tuple
 
 MODES = ("ratio", "threshold")
-PRUNE_PARAMS_TYPES = (None, "conv1x1_only")
+PRUNE_PARAMS_TYPES = (None, "conv1x1_only", "lite_sparse_conv")
+_F32_MAX = 3.4028234663852886e38
 
 
 def check_mode(mode: object) -> str:
@@ -37,6 +38,9 @@ def check_threshold(threshold: object, name: str = "threshold") -> float:
     t = _real(name, threshold)
     if not (math.isfinite(t) and t >= 0.0):
         raise ValueError(f"{name} must be finite and >= 0; got {threshold!r}")
+    if t > _F32_MAX:
+        raise ValueError(f"{name} must fit in float32 (scores are compared in float32, max {_F32_MAX:.6g}); "
+                         f"got {threshold!r}")
     return t
 
 
@@ -55,7 +59,7 @@ def check_sparse_block(block: object) -> Tuple[int, int]:
 
 def check_prune_params_type(value: object) -> Optional[str]:
     if value not in PRUNE_PARAMS_TYPES:
-        raise ValueError(f"prune_params_type must be None or 'conv1x1_only'; got {value!r}")
+        raise ValueError(f"prune_params_type must be one of {PRUNE_PARAMS_TYPES}; got {value!r}")
     return value  # type: ignore[return-value]
 
 

@@ -1,0 +1,248 @@
+"""How the core pruner reaches a dygraph model: its parameters, zero-copy views of weights and masks, and hooks.
+
+:class:`LayerBackend` implements the core's backend protocol (:mod:`paddleslim_static.core.pruner`):
+
+* masks are non-persistable bool buffers ``<attr>_mask`` on the layer that owns each parameter;
+* a gradient hook on every pruned weight *arms* the pruner (an optimizer step may follow); a model-level forward
+  pre-hook re-applies the masks only while armed, and ``step()`` / ``update_params()`` disarm it, so forwards
+  with unchanged weights (eval, inference) cost nothing;
+* a state-dict hook on every owning layer applies the masks before the state is read, so ``paddle.save(
+  model.state_dict())`` and ``paddle.jit.save`` always store the pruned zeros;
+* live pruners are registered, so a second pruner on the same parameters is an error naming the first.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import paddle
+
+from paddleslim_static.core import engine
+from paddleslim_static.core.naming import mask_name
+from paddleslim_static.core.params import ParamInfo
+
+__all__ = ["LayerBackend", "check_model", "host_array", "owned_params", "live_pruners", "NORM_LAYER_NAMES"]
+
+NORM_LAYER_NAMES = frozenset({
+    "BatchNorm", "BatchNorm1D", "BatchNorm2D", "BatchNorm3D", "SyncBatchNorm", "LayerNorm", "GroupNorm",
+    "InstanceNorm1D", "InstanceNorm2D", "InstanceNorm3D", "SpectralNorm", "LocalResponseNorm",
+})
+_NORM_TYPES = tuple(
+    t for t in (getattr(paddle.nn, n, None) for n in sorted(NORM_LAYER_NAMES)) if isinstance(t, type)
+)
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+Owned = Tuple[paddle.nn.Layer, str, paddle.Tensor]
+
+
+def live_pruners() -> List[Any]:
+    """Dygraph pruners attached to a model now (not finalized)."""
+    return list(_LIVE)
+
+
+def check_model(model: Any) -> paddle.nn.Layer:
+    if not isinstance(model, paddle.nn.Layer):
+        raise TypeError(f"model must be a paddle.nn.Layer; got {type(model).__name__}")
+    return model
+
+
+def owned_params(model: paddle.nn.Layer) -> Iterator[Owned]:
+    """(owning layer, attribute name, parameter) for every distinct parameter of the model."""
+    seen: Set[int] = set()
+    for _, layer in model.named_sublayers(include_self=True):
+        for attr, p in layer.named_parameters(include_sublayers=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield layer, attr, p
+
+
+def host_array(t: paddle.Tensor) -> Tuple[np.ndarray, Optional[Callable[[], None]]]:
+    """A writable numpy array over the tensor's data, and a callable that writes it back (None: zero-copy).
+
+    CPU float16/32/64 and bool tensors are viewed in place through DLPack. bfloat16 (no numpy dtype) is widened to
+    float32 exactly and narrowed back on write; tensors on an accelerator are copied to the host and back.
+    """
+    if t.dtype == paddle.bfloat16:
+        bits = t.numpy()  # uint16 bit patterns
+        arr = (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+        def write_back() -> None:
+            t.set_value((arr.view(np.uint32) >> np.uint32(16)).astype(np.uint16))
+
+        return arr, write_back
+    if t.place.is_cpu_place():
+        return np.from_dlpack(t.detach()), None
+    arr = t.numpy()
+    return arr, lambda: t.set_value(arr)
+
+
+def _is_norm_layer(layer: paddle.nn.Layer) -> bool:
+    return isinstance(layer, _NORM_TYPES) or type(layer).__name__ in NORM_LAYER_NAMES
+
+
+def _lite_sparse_conv(layer: paddle.nn.Layer, attr: str) -> bool:
+    """A Conv2D weight Paddle Lite's sparse conv takes: 1x1 kernel, groups 1, stride 1, no padding."""
+    if type(layer) is not paddle.nn.Conv2D or attr != "weight":
+        return False
+    pads = getattr(layer, "_updated_padding", None)
+    return (list(layer._kernel_size) == [1, 1] and layer._groups == 1 and list(layer._stride) == [1, 1]
+            and pads is not None and all(int(v) == 0 for v in np.ravel(pads)))
+
+
+def param_infos(model: paddle.nn.Layer) -> List[ParamInfo]:
+    return [ParamInfo(p.name, tuple(p.shape), _is_norm_layer(layer), layer.full_name(),
+                      str(p.dtype).replace("paddle.", ""), _lite_sparse_conv(layer, attr))
+            for layer, attr, p in owned_params(model)]
+
+
+class LayerBackend:
+    """The dygraph backend of :class:`paddleslim_static.core.pruner.Pruner` (see the module docstring)."""
+
+    apply_on_attach = False  # the seed's update_params example: masks at construction, weights at the next use
+
+    def __init__(self, model: paddle.nn.Layer) -> None:
+        self.target = model
+        self.model = model
+        self._owned: Dict[str, Owned] = {}
+        self._masks: Dict[str, paddle.Tensor] = {}
+        self._handles: List[Any] = []
+        self._pruner: Any = None
+        self._armed = True
+
+    # -- protocol ----------------------------------------------------------------------------------
+    def param_infos(self) -> List[ParamInfo]:
+        return param_infos(self.model)
+
+    def check_attach(self, names: Sequence[str], pruner: Any) -> None:
+        by_name = {p.name: (layer, attr, p) for layer, attr, p in owned_params(self.model)}
+        for n in names:
+            layer, attr, p = by_name[n]
+            buf = mask_name(attr)
+            owner = next((q for q in _LIVE if id(p) in q.param_ids()), None)
+            if owner is not None:
+                raise ValueError(
+                    f"parameter {n!r} ({layer.full_name()}.{attr}) is already pruned by {type(owner).__name__} "
+                    f"at 0x{id(owner):x} (mode={owner.mode!r}); call its finalize() before building another pruner"
+                )
+            if hasattr(layer, buf) or buf in layer._buffers:
+                raise ValueError(f"cannot add mask buffer {buf!r}: layer {layer.full_name()} already has an "
+                                 "attribute of that name")
+        self._owned = {n: by_name[n] for n in names}
+
+    def attach(self, names: Sequence[str], pruner: Any) -> None:
+        self._pruner = pruner
+        for n in names:
+            self._masks[n] = paddle.ones(self._owned[n][2].shape, dtype="bool")
+            self._masks[n].stop_gradient = True
+        self._hook_up()
+        _LIVE.add(pruner)
+
+    @contextlib.contextmanager
+    def open(self, names: Sequence[str]) -> Iterator[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+        weights, masks, write_backs = {}, {}, []
+        for n in names:
+            weights[n], w_back = host_array(self._owned[n][2])
+            masks[n], m_back = host_array(self._masks[n])
+            write_backs += [f for f in (w_back, m_back) if f is not None]
+        yield weights, masks
+        with paddle.no_grad():
+            for write_back in write_backs:
+                write_back()
+
+    def check_step(self) -> None:
+        for n, (layer, attr, p) in self._owned.items():
+            now = layer._parameters.get(attr)
+            if now is not p:
+                raise RuntimeError(
+                    f"{layer.full_name()}.{attr} was replaced after the pruner was built (it was {n!r}, now "
+                    f"{getattr(now, 'name', now)!r}), so the new weight would never be pruned: call finalize() and "
+                    "build a new pruner on the model"
+                )
+
+    def weights_ready(self) -> bool:
+        return True
+
+    def masks_reset(self) -> bool:
+        return False
+
+    def store_thresholds(self, threshold: float, thresholds: Any) -> None:
+        pass
+
+    def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
+        structured = {id(p): k for k, p in self.model.named_parameters()}
+        return {n: structured[id(self._owned[n][2])] for n in names}
+
+    def after_apply(self) -> None:
+        self._armed = False
+
+    def detach(self) -> None:
+        self._unhook()
+        _LIVE.discard(self._pruner)
+        self._masks.clear()
+
+    # -- extras the dygraph pruner uses --------------------------------------------------------------
+    def mask_tensors(self) -> Dict[str, paddle.Tensor]:
+        return dict(self._masks)
+
+    def param_ids(self) -> Set[int]:
+        return {id(p) for _, _, p in self._owned.values()}
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Hooks and mask buffers removed inside the block (the caller applied the masks), restored after."""
+        self._unhook()
+        _LIVE.discard(self._pruner)
+        try:
+            yield
+        finally:
+            self._hook_up()
+            _LIVE.add(self._pruner)
+
+    def infos_of(self, target: Any) -> List[ParamInfo]:
+        return param_infos(check_model(target))
+
+    def weights_of(self, target: Any, names: Sequence[str]) -> Dict[str, np.ndarray]:
+        wanted = set(names)
+        return {p.name: host_array(p)[0] for _, _, p in owned_params(target) if p.name in wanted}
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def _hook_up(self) -> None:
+        by_layer: Dict[int, Tuple[paddle.nn.Layer, List[str]]] = {}
+        for n, (layer, attr, p) in self._owned.items():
+            layer.register_buffer(mask_name(attr), self._masks[n], persistable=False)
+            self._masks[n] = layer._buffers[mask_name(attr)]
+            by_layer.setdefault(id(layer), (layer, []))[1].append(n)
+            self._handles.append(p.register_hook(self._on_grad))
+        for layer, names in by_layer.values():
+            self._handles.append(layer.register_state_dict_hook(functools.partial(self._before_state_dict, names)))
+        self._handles.append(self.model.register_forward_pre_hook(self._before_forward))
+
+    def _unhook(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for layer, attr, _ in self._owned.values():
+            layer._buffers.pop(mask_name(attr), None)
+            layer._non_persistable_buffer_names_set.discard(mask_name(attr))
+
+    def _on_grad(self, grad: paddle.Tensor) -> None:
+        self._armed = True  # an optimizer step may follow: the next forward re-applies the masks
+        return None
+
+    def _apply(self, names: Optional[Sequence[str]] = None) -> None:
+        with self.open(list(self._owned) if names is None else names) as (weights, masks):
+            engine.apply_masks(weights, masks)
+
+    def _before_forward(self, layer: paddle.nn.Layer, inputs: Any) -> None:
+        if self._armed and paddle.in_dynamic_mode():  # not while paddle.jit traces the model
+            self.check_step()
+            self._apply()  # stays armed: the optimizer step this backward prepared may still come
+        return None
+
+    def _before_state_dict(self, names: List[str], state: Dict[str, Any]) -> None:
+        if paddle.in_dynamic_mode():  # the state holds these very tensors: it reads the pruned zeros
+            self._apply(names)
+        return None

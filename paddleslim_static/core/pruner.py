@@ -1,0 +1,467 @@
+"""The one pruner: magnitude-pruning state and its lifecycle, for any mode (no Paddle import).
+
+A :class:`Pruner` owns the state (mode, ratio, threshold(s), iteration, optional GMP schedule) and the steps; a
+*backend* owns the weights and masks of one mode (dygraph layers, or a static program and its scope). The mode
+packages build a backend and pass it in; a GMP pruner is the same class given a :class:`GMPSchedule`.
+
+Lifecycle, and what each stage may change:
+
+1. ``__init__`` validates every argument and asks the backend to validate the target (``backend.check_attach``)
+   before anything is changed; only then ``backend.attach`` creates the masks (all True). A constructor that
+   raises leaves the target as it was.
+2. ``step()`` asks the backend whether it can keep its promise (``backend.check_step``: e.g. a replaced weight, or
+   parameter updates without mask ops), computes the new threshold(s) from the current weights, and only when that
+   succeeded writes masks and weights and commits the new state. A step that raises changes nothing.
+3. ``finalize()`` applies the masks for good and detaches the backend; the pruner then refuses every call.
+
+>>> import numpy as np
+>>> from paddleslim_static.core.pruner import ArrayBackend, Pruner
+>>> w = {"w": np.array([[0.5, -0.1], [0.3, -0.9]], np.float32)}
+>>> pruner = Pruner(ArrayBackend(w), mode="ratio", ratio=0.5)
+>>> pruner.step()
+>>> w["w"].tolist(), pruner.threshold
+([[0.5, 0.0], [0.0, -0.8999999761581421]], 0.5)
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import (
+    Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple,
+)
+
+import numpy as np
+
+from . import engine
+from .packing import pack_mask, unpack_mask
+from .params import ParamInfo, resolve_prunable
+from .schedule import GMPSchedule
+from .selection import NonFiniteScoreError
+from .validation import (
+    check_bool, check_mode, check_prune_params_type, check_ratio, check_sparse_block, check_threshold,
+)
+
+try:  # Python 3.8+: typing.Protocol
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object  # type: ignore[assignment]
+
+__all__ = ["Backend", "Pruner", "ArrayBackend", "Arrays", "STATE_VERSION"]
+
+_log = logging.getLogger(__name__)
+
+Arrays = Dict[str, np.ndarray]
+STATE_VERSION = 1
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class Backend(Protocol):
+    """What a mode supplies: its parameters, its weights and masks as host numpy arrays, and its checks."""
+
+    target: Any  # what skip_params_func receives: the model or the program
+    apply_on_attach: bool  # threshold mode: zero the pruned weights at construction (static: no forward hook)
+
+    def param_infos(self) -> List[ParamInfo]: ...
+
+    def check_attach(self, names: Sequence[str], pruner: "Pruner") -> None:
+        """Raise if masks cannot be attached for ``names`` (name clash, another live pruner...). Changes nothing."""
+
+    def attach(self, names: Sequence[str], pruner: "Pruner") -> None:
+        """Create all-True masks for ``names`` and register ``pruner`` as their owner; all or nothing."""
+
+    def open(self, names: Sequence[str]) -> ContextManager[Tuple[Arrays, Arrays]]:
+        """Writable host arrays ``(weights, masks)`` (zero-copy where possible), written back on exit."""
+
+    def weights_ready(self) -> bool:
+        """Whether the weights exist yet (static: the startup program ran in the scope)."""
+
+    def check_step(self) -> None:
+        """Raise if pruned weights could come back without an error (e.g. a replaced weight); changes nothing."""
+
+    def masks_reset(self) -> bool:
+        """Whether the masks were reset behind the pruner's back since the last call (static: startup re-run)."""
+
+    def store_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None: ...
+
+    def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
+        """Parameter name -> the key checkpoints use for it (stable across processes and model instances)."""
+
+    def after_apply(self) -> None:
+        """Called after masks were applied to the weights (dygraph: forwards need not re-apply them)."""
+
+    def detach(self) -> None:
+        """Forget the masks (finalize)."""
+
+
+class Pruner:
+    """Unstructured magnitude pruning over a backend (see the module docstring for the lifecycle).
+
+    ``schedule`` makes it a GMP pruner: the ratio follows the schedule and masks are recomputed only when the ratio
+    changes (and on the first step after a ``resume_iteration`` or :meth:`seek`).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        mode: str,
+        ratio: float = 0.3,
+        threshold: float = 0.01,
+        prune_params_type: Optional[str] = None,
+        skip_params_func: Optional[Callable[[Any], Iterable[str]]] = None,
+        local_sparsity: bool = False,
+        sparse_block: Sequence[int] = (1, 1),
+        schedule: Optional[GMPSchedule] = None,
+    ) -> None:
+        mode = check_mode(mode)
+        ratio = check_ratio(ratio)
+        threshold = check_threshold(threshold)
+        local_sparsity = check_bool("local_sparsity", local_sparsity)
+        block = check_sparse_block(sparse_block)
+        prune_params_type = check_prune_params_type(prune_params_type)
+        if local_sparsity and mode != "ratio":
+            raise ValueError("local_sparsity=True needs mode='ratio'; got mode='threshold'")
+        if skip_params_func is not None and not callable(skip_params_func):
+            raise TypeError(f"skip_params_func must be callable or None; got {skip_params_func!r}")
+        if schedule is not None and (mode != "ratio" or not isinstance(schedule, GMPSchedule)):
+            raise TypeError(f"schedule must be a GMPSchedule with mode='ratio'; got {schedule!r}, mode={mode!r}")
+        infos = backend.param_infos()
+        skip_names = _call_skip(skip_params_func, backend.target)
+        prunable, skipped = resolve_prunable(infos, skip_names, prune_params_type)
+        if not prunable:
+            raise ValueError(
+                f"nothing to prune: all {len(infos)} parameters are skipped "
+                f"(prune_params_type={prune_params_type!r}, skip_params_func={skip_params_func!r})"
+            )
+        names = [p.name for p in prunable]
+        backend.check_attach(names, self)
+        # every attribute exists before the backend is asked to change anything
+        self._backend = backend
+        self._prunable: List[str] = names
+        self.mode = mode
+        self.local_sparsity = local_sparsity
+        self.sparse_block: Tuple[int, int] = block
+        self.prune_params_type = prune_params_type
+        self.skip_params = skipped
+        self.threshold = float(threshold)  # as given; compared in float32
+        self.thresholds: Dict[str, float] = {}
+        self._schedule = schedule
+        self._finalized = False
+        if schedule is None:
+            self.ratio = ratio
+            self.cur_iteration = 0
+            self._recompute_next = False
+        else:
+            self.cur_iteration = schedule.start_iteration()
+            self.ratio = schedule.ratio_at(self.cur_iteration - 1)
+            self._recompute_next = self.cur_iteration > 0
+        backend.attach(names, self)
+        if mode == "threshold" and backend.weights_ready():  # otherwise on first use, see _masks_reset
+            self._masks_from_threshold(apply=backend.apply_on_attach)
+        _log.debug("pruning %d of %d parameters (mode=%s)", len(names), len(infos), mode)
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def prunable_params(self) -> List[str]:
+        """Names of the parameters this pruner masks."""
+        return list(self._prunable)
+
+    @property
+    def schedule(self) -> Optional[GMPSchedule]:
+        """The GMP schedule (None for a plain ratio/threshold pruner)."""
+        return self._schedule
+
+    @property
+    def target_ratio(self) -> float:
+        """GMP: the ratio the schedule ends at; otherwise the ratio."""
+        return self._schedule.target if self._schedule is not None else self.ratio
+
+    @property
+    def finalized(self) -> bool:
+        return self._finalized
+
+    # -- steps -------------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Ratio mode: new threshold(s) from the current weights, then masks; threshold mode: masks. GMP: the ratio
+        of this iteration, masks recomputed when it changed. Pruned weights are exactly 0 when it returns; when it
+        raises, nothing changed."""
+        self._check_live()
+        self._backend.check_step()
+        reset = self._masks_reset()
+        ratio, recompute = self.ratio, True
+        if self._schedule is not None:
+            ratio = self._schedule.ratio_at(self.cur_iteration)
+            recompute = reset or self._recompute_next or ratio != self.ratio
+        with self._backend.open(self._prunable) as (weights, masks):
+            if not recompute:
+                engine.apply_masks(weights, masks)
+                g, per = self.threshold, self.thresholds
+            else:
+                sources = None
+                g, per = self.threshold, {}
+                if self.mode == "ratio":
+                    sources = engine.score_sources(weights, self.sparse_block)
+                    g, per = self._thresholds_for(weights, ratio, sources)
+                engine.fill_masks(weights, masks, g, per, self.sparse_block, apply=True, sources=sources)
+        self._commit(ratio, g, per)
+        self.cur_iteration += 1
+        self._recompute_next = False
+        self._backend.after_apply()
+
+    def update_threshold(self) -> None:
+        """Ratio mode: recompute the threshold(s) from the current weights (masks unchanged)."""
+        self._check_live()
+        with self._backend.open(self._prunable) as (weights, _):
+            g, per = self._thresholds_for(weights, self.ratio, None)
+        self._commit(self.ratio, g, per)
+
+    def update_params(self) -> None:
+        """Re-apply the current masks to the weights (before eval or save)."""
+        self._check_live()
+        self._masks_reset()
+        with self._backend.open(self._prunable) as (weights, masks):
+            engine.apply_masks(weights, masks)
+        self._backend.after_apply()
+
+    def set_static_masks(self) -> None:
+        """Masks from the current zero pattern: fine-tune an already sparse model without changing it."""
+        self._check_live()
+        self._masks_reset()
+        with self._backend.open(self._prunable) as (weights, masks):
+            engine.masks_from_nonzero(weights, masks)
+
+    def seek(self, iteration: int) -> None:
+        """GMP: the next :meth:`step` runs at ``iteration`` and recomputes the masks (e.g. a resumed ``fit``)."""
+        self._check_live()
+        if self._schedule is None:
+            raise TypeError("seek() needs a GMP pruner (a schedule); this pruner has none")
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+            raise ValueError(f"iteration must be an int >= 0; got {iteration!r}")
+        self.cur_iteration = iteration
+        self.ratio = self._schedule.ratio_at(iteration - 1)
+        self._recompute_next = True
+
+    def summarize_weights(self, target: Any = None, ratio: float = 0.1) -> float:
+        """|w| at sorted position ``max(0, ceil(ratio * N) - 1)`` over the prunable weights of ``target`` (default:
+        this pruner's target and prunable parameters; another target is read with the default rule)."""
+        ratio = check_ratio(ratio, allow_one=True)
+        if target is not None and target is not self._backend.target:
+            infos = self._backend.infos_of(target)  # type: ignore[attr-defined]
+            prunable, _ = resolve_prunable(infos, None, None)
+            return engine.summarize(self._backend.weights_of(target, [p.name for p in prunable]), ratio)  # type: ignore[attr-defined]  # noqa: E501
+        self._check_live()
+        with self._backend.open(self._prunable) as (weights, _):
+            return engine.summarize(weights, ratio)
+
+    def finalize(self) -> None:
+        """Apply the masks for good and detach them from the target; the pruner refuses further calls and a new
+        pruner may be built on the same target."""
+        self.update_params()
+        self._backend.detach()
+        self._finalized = True
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """The pruner's state for a checkpoint, like an optimizer's: schedule position, ratio, threshold(s), and the
+        masks in a compact form — rebuilt from the weights' zeros on load, so only a parameter whose mask is not
+        exactly ``weight != 0`` (rare: a kept weight that is exactly 0) stores its mask, bit-packed.
+
+        Save it next to the model's weights (``paddle.save(pruner.state_dict(), 'ckpt.pdpruner')``)."""
+        self._check_live()
+        self._masks_reset()
+        key = self._backend.state_keys(self._prunable)
+        exact: Dict[str, np.ndarray] = {}
+        with self._backend.open(self._prunable) as (weights, masks):
+            for n in self._prunable:
+                if not np.array_equal(masks[n], weights[n] != 0):
+                    exact[key[n]] = pack_mask(masks[n])
+        return {
+            "version": STATE_VERSION, "mode": self.mode, "ratio": self.ratio, "threshold": self.threshold,
+            "thresholds": {key[n]: t for n, t in self.thresholds.items()}, "iteration": self.cur_iteration,
+            "prunable": [key[n] for n in self._prunable], "masks": exact,
+        }
+
+    def set_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (load the model's weights first): masks, threshold(s), ratio and the schedule
+        position, so training resumes bit for bit. Checks everything before changing anything."""
+        self._check_live()
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict from Pruner.state_dict(); got {type(state).__name__}")
+        missing = {"version", "mode", "ratio", "threshold", "thresholds", "iteration", "prunable", "masks"} - set(state)
+        if missing:
+            raise ValueError(f"state is missing {sorted(missing)}: not a Pruner.state_dict()")
+        if int(_scalar(state["version"])) != STATE_VERSION:
+            raise ValueError(f"state['version'] must be {STATE_VERSION}; got {state['version']!r}")
+        if state["mode"] != self.mode:
+            raise ValueError(f"state['mode'] is {state['mode']!r} but this pruner's mode is {self.mode!r}")
+        key = self._backend.state_keys(self._prunable)
+        keys = [key[n] for n in self._prunable]
+        if [str(k) for k in state["prunable"]] != keys:
+            raise ValueError("state['prunable'] does not match this pruner's prunable parameters "
+                             f"({len(state['prunable'])} vs {len(keys)}; first difference at "
+                             f"{_first_diff([str(k) for k in state['prunable']], keys)!r})")
+        name_of = {k: n for n, k in key.items()}
+        ratio = check_ratio(float(_scalar(state["ratio"])), "state['ratio']")
+        threshold = float(_scalar(state["threshold"]))
+        iteration = int(_scalar(state["iteration"]))
+        unknown = sorted(str(k) for k in list(state["masks"]) + list(state["thresholds"]) if str(k) not in name_of)
+        if unknown:
+            raise ValueError(f"state names parameters this pruner does not prune: {unknown[:5]}")
+        thresholds = {name_of[str(k)]: float(_scalar(v)) for k, v in dict(state["thresholds"]).items()}
+        packed = {name_of[str(k)]: np.asarray(_array(v)) for k, v in dict(state["masks"]).items()}
+        with self._backend.open(self._prunable) as (weights, masks):
+            exact = {n: unpack_mask(bits, weights[n].shape) for n, bits in packed.items()}  # validates sizes
+            for n in self._prunable:
+                if n in exact:
+                    masks[n][...] = exact[n]
+                else:
+                    np.not_equal(weights[n], 0, out=masks[n])
+        self._masks_reset()
+        self.ratio, self.threshold, self.thresholds = ratio, threshold, thresholds
+        self.cur_iteration = iteration
+        self._recompute_next = False
+        self._backend.store_thresholds(self.threshold, self.thresholds)
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _check_live(self) -> None:
+        if self._finalized:
+            raise RuntimeError("this pruner was finalize()d: its masks are gone; build a new pruner to prune again")
+
+    def _masks_reset(self) -> bool:
+        """Restore the masks if the backend lost them; True when it did."""
+        if not self._backend.masks_reset():
+            return False
+        if self.mode == "threshold":
+            self._masks_from_threshold(apply=True)
+        else:
+            self._backend.store_thresholds(self.threshold, self.thresholds)
+            self._recompute_next = self._schedule is not None and self.cur_iteration > 0
+        return True
+
+    def _thresholds_for(
+        self, weights: Arrays, ratio: float, sources: Optional[engine.Sources]
+    ) -> Tuple[float, Dict[str, float]]:
+        for n, w in weights.items():
+            if w.dtype != np.float32 and w.size and float(np.max(np.abs(w))) > _F32_MAX:
+                raise ValueError(f"weights of {n!r} exceed the float32 range (max |w| = {float(np.max(np.abs(w)))!r}); "
+                                 "scores are compared in float32")
+        try:
+            g, per = engine.ratio_thresholds(weights, ratio, self.local_sparsity, self.sparse_block, sources)
+        except NonFiniteScoreError as exc:
+            bad = next((n for n, w in weights.items() if not np.isfinite(w).all()), None)
+            if bad is not None and repr(bad) not in str(exc):
+                raise NonFiniteScoreError(f"weights of {bad!r} contain NaN or Inf; ratio mode cannot place a "
+                                          "threshold among non-finite values") from exc
+            raise
+        if g is None:
+            return self.threshold, {n: float(t) for n, t in per.items()}
+        return float(g), {}
+
+    def _commit(self, ratio: float, threshold: float, thresholds: Mapping[str, float]) -> None:
+        self.ratio = ratio
+        self.threshold = float(threshold)
+        self.thresholds = dict(thresholds)
+        self._backend.store_thresholds(self.threshold, self.thresholds)
+
+    def _masks_from_threshold(self, apply: bool) -> None:
+        with self._backend.open(self._prunable) as (weights, masks):
+            engine.fill_masks(weights, masks, self.threshold, {}, self.sparse_block, apply=apply)
+        self._backend.store_thresholds(self.threshold, self.thresholds)
+        if apply:
+            self._backend.after_apply()
+
+
+def _call_skip(func: Optional[Callable[[Any], Iterable[str]]], target: Any) -> Optional[List[str]]:
+    """The names ``skip_params_func(target)`` returns, as a list; TypeError naming the function otherwise."""
+    if func is None:
+        return None
+    names = func(target)
+    if names is None or isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise TypeError(
+            f"skip_params_func must return an iterable of parameter/layer names; it returned {names!r} "
+            f"({type(names).__name__})"
+        )
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"skip_params_func must return names (str); it returned {bad[:3]!r} among them")
+    return names
+
+
+def _scalar(v: Any) -> Any:
+    return np.asarray(_array(v)).reshape(()).item() if not isinstance(v, (int, float, str)) else v
+
+
+def _array(v: Any) -> Any:
+    return v.numpy() if hasattr(v, "numpy") else v
+
+
+def _first_diff(a: Sequence[str], b: Sequence[str]) -> Optional[str]:
+    for x, y in zip(a, b):
+        if x != y:
+            return f"{x} != {y}"
+    return "lengths differ"
+
+
+class ArrayBackend:
+    """A backend over a dict of numpy arrays: the core pruner without Paddle (examples, tests, other frameworks).
+
+    >>> import numpy as np
+    >>> w = {"a": np.arange(1, 9, dtype=np.float32).reshape(2, 4)}
+    >>> p = Pruner(ArrayBackend(w), mode="threshold", threshold=4.0)
+    >>> p.step(); w["a"].tolist()
+    [[0.0, 0.0, 0.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    """
+
+    apply_on_attach = False
+
+    def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
+        self.target = weights
+        self._weights = dict(weights)
+        self._masks: Arrays = {}
+
+    def param_infos(self) -> List[ParamInfo]:
+        return [ParamInfo(n, tuple(w.shape), dtype=str(w.dtype)) for n, w in self._weights.items()]
+
+    def check_attach(self, names: Sequence[str], pruner: Pruner) -> None:
+        if self._masks:
+            raise ValueError("this ArrayBackend already has a pruner")
+
+    def attach(self, names: Sequence[str], pruner: Pruner) -> None:
+        self._masks = {n: np.ones(self._weights[n].shape, bool) for n in names}
+
+    @contextlib.contextmanager
+    def open(self, names: Sequence[str]) -> Iterator[Tuple[Arrays, Arrays]]:
+        yield {n: self._weights[n] for n in names}, {n: self._masks[n] for n in names}
+
+    def weights_ready(self) -> bool:
+        return True
+
+    def check_step(self) -> None:
+        pass
+
+    def masks_reset(self) -> bool:
+        return False
+
+    def store_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None:
+        pass
+
+    def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
+        return {n: n for n in names}
+
+    def after_apply(self) -> None:
+        pass
+
+    def detach(self) -> None:
+        self._masks = {}
+
+    def infos_of(self, target: Any) -> List[ParamInfo]:
+        return [ParamInfo(n, tuple(w.shape), dtype=str(w.dtype)) for n, w in target.items()]
+
+    def weights_of(self, target: Any, names: Sequence[str]) -> Arrays:
+        return {n: target[n] for n in names}
+
+    @property
+    def masks(self) -> Arrays:
+        return dict(self._masks)
+
