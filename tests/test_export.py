@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from nets import NETS, dygraph_model, static_mode, static_net
 from paddleslim_dygraph import UnstructuredPruner
+from paddleslim_static.core.packing import pack_mask
 from paddleslim_tools.export import ExportError, export_checkpoint, export_layer, export_program, verify_export
 from paddleslim_tools.onnx_sparse import compress, densify, onnx_tensors, should_store_sparse
 from paddleslim_tools.verify import match_weights
@@ -62,10 +63,11 @@ def test_dygraph_round_trip(tmp_path, net_name, ratio):
     nz = sum(r.nonzeros for r in prunable)
     size = sum(r.size for r in prunable)
     assert abs((1 - nz / size) - ratio) < 0.01
-    # the caller's model keeps its live pruner (hook + mask buffers) and still trains in its mode
+    # the caller's model keeps its live pruner (hook + masks) and still trains in its mode
     assert len(model._forward_pre_hooks) == hooks_before
-    assert any(k.endswith("weight_mask") for k in model.state_dict())
+    assert pruner.masks and all(m.dtype == paddle.bool for m in pruner.masks.values())
     assert model.training
+    pruner.step()  # the pruner still works after the export
     # sparse weights are stored as sparse_initializers exactly when COO is smaller
     sp = onnx.load(report.files["onnx_sparse"])
     stored = {s.values.name for s in sp.graph.sparse_initializer}
@@ -143,22 +145,26 @@ def test_static_program_with_scope_and_legacy_prefix(tmp_path):
     assert all(r.density <= 0.11 for r in rep.rows if len(r.shape) == 2)
 
 
-def test_checkpoint_with_masks_is_folded(tmp_path):
+@pytest.mark.parametrize("packed", [False, True])
+def test_checkpoint_with_masks_is_folded(tmp_path, packed):
+    """Checkpoints carrying ``<layer>.<attr>_mask`` entries: bool arrays (old) or bit-packed uint8 (new)."""
     model, pruner = pruned("lenet", 0.8)
+    masks = {f"{k}_mask": m.numpy() for k, m in _masks_by_key(model, pruner).items()}
     with paddle.no_grad():  # weights drift from the masks, as after an optimizer step without step()
         for p in model.parameters():
             p.set_value(p + 0.01)
-    state = model.state_dict()
-    assert any(k.endswith("_mask") for k in state)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    state.update({k: (pack_mask(m) if packed else m) for k, m in masks.items()})
     ckpt = tmp_path / "lenet.pdparams"
     paddle.save(state, str(ckpt))
     report = export_checkpoint(str(ckpt), NETS["lenet"].build, spec(1, 28, 28), tmp_path / "out")
     assert_export_ok(report)
-    masks = {k: v.numpy() for k, v in state.items() if k.endswith("_mask")}
     params = dict(model.named_parameters())
     onnx_w = onnx_tensors(onnx.load(report.files["onnx"]))
+    assert len(masks) >= 4
     for k, m in masks.items():
         w = params[k[: -len("_mask")]].numpy() * m
+        assert (w == 0).any()
         np.testing.assert_array_equal(onnx_w[params[k[: -len("_mask")]].name], w)
     # a plain checkpoint (no masks) works too
     plain = {k: v for k, v in state.items() if not k.endswith("_mask")}
@@ -169,6 +175,12 @@ def test_checkpoint_with_masks_is_folded(tmp_path):
     rep3 = export_checkpoint(plain, NETS["lenet"].build, spec(1, 28, 28), tmp_path / "out", compress=False)
     assert rep3.ok and sorted(os.listdir(tmp_path / "out")) == [
         "model.json", "model.onnx", "model.pdiparams", "model.report.json"]
+
+
+def _masks_by_key(model, pruner):
+    """State-dict key of each masked parameter -> its mask (a copy)."""
+    by_name = {p.name: k for k, p in model.state_dict().items()}
+    return {by_name[n]: paddle.to_tensor(m.numpy()) for n, m in pruner.masks.items()}
 
 
 def _tamper(name):
@@ -255,9 +267,7 @@ def test_compressed_densifies_bit_for_bit_and_cutoff(tmp_path):
 
 def test_cross_mode_dygraph_and_static_pruners_export_identical_sparse_weights(tmp_path):
     """The same network pruned by the dygraph and by the static pruner exports the same sparse ONNX weights."""
-    static_mod = pytest.importorskip("paddleslim_static")
-    if not hasattr(static_mod, "UnstructuredPruner"):
-        pytest.skip("paddleslim_static.UnstructuredPruner does not exist yet")
+    import paddleslim_static as static_mod
     spec_ = NETS["mobilenet"]
     model, _ = pruned("mobilenet", 0.75, seed=3)
     dense = {p.name: p.numpy() for p in dygraph_model(spec_, 3).parameters()}  # same seed: unpruned weights

@@ -23,16 +23,19 @@ from __future__ import annotations
 import copy
 from typing import Dict, List, Optional, Tuple
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx
-from onnx import TensorProto, numpy_helper
+
+if TYPE_CHECKING:  # onnx is the export extra: imported where used, so importing this module never needs it
+    import onnx
 
 __all__ = [
     "INDEX_BYTES", "canonicalize", "compress", "coo_bytes", "densify", "onnx_tensors", "should_store_sparse",
 ]
 
 INDEX_BYTES = 8  # INT64 linear index per nonzero (the ONNX checker requires INT64 indices)
-_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+_FLOAT_TYPES = {1, 11, 10, 16}  # onnx.TensorProto FLOAT, DOUBLE, FLOAT16, BFLOAT16
 
 
 _META_SPARSE = "paddleslim.sparse_initializers"
@@ -65,7 +68,7 @@ def should_store_sparse(arr: np.ndarray, max_density: Optional[float] = None) ->
     return nnz / arr.size <= max_density
 
 
-def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+def canonicalize(model: "onnx.ModelProto") -> "onnx.ModelProto":
     """A copy with ``Constant`` tensor nodes lifted to initializers and all initializers sorted by name.
 
     paddle2onnx emits weights as ``Constant`` nodes; as initializers they can be stored sparse. Tensors are
@@ -73,6 +76,8 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     multiplication leaves for negative weights) becomes +0.0, so a pruned zero costs nothing in COO form.
     Values are unchanged (-0.0 == 0.0), so is the graph's semantics.
     """
+    from onnx import numpy_helper
+
     out = copy.deepcopy(model)
     g = out.graph
     graph_outputs = {o.name for o in g.output}
@@ -99,11 +104,14 @@ def _plus_zero(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def compress(model: onnx.ModelProto, max_density: Optional[float] = None) -> Tuple[onnx.ModelProto, List[str]]:
+def compress(model: "onnx.ModelProto", max_density: Optional[float] = None) -> Tuple["onnx.ModelProto", List[str]]:
     """(canonical model with sparse weights as ``sparse_initializer``s, names stored sparse).
 
     Integer tensors (shapes, indices) are never touched; see :func:`should_store_sparse` for the cut-off.
     """
+    import onnx
+    from onnx import numpy_helper
+
     out = canonicalize(model)
     g = out.graph
     dense, names = [], []
@@ -133,7 +141,9 @@ def compress(model: onnx.ModelProto, max_density: Optional[float] = None) -> Tup
     return out, names
 
 
-def _sparse_to_array(sp: onnx.SparseTensorProto) -> np.ndarray:
+def _sparse_to_array(sp: "onnx.SparseTensorProto") -> np.ndarray:
+    from onnx import numpy_helper
+
     values = numpy_helper.to_array(sp.values)
     idx = numpy_helper.to_array(sp.indices).astype(np.int64)
     shape = tuple(int(d) for d in sp.dims)
@@ -144,8 +154,10 @@ def _sparse_to_array(sp: onnx.SparseTensorProto) -> np.ndarray:
     return dense.reshape(shape)
 
 
-def densify(model: onnx.ModelProto) -> onnx.ModelProto:
+def densify(model: "onnx.ModelProto") -> "onnx.ModelProto":
     """A copy with every ``sparse_initializer`` turned back into a dense initializer (sorted by name)."""
+    from onnx import numpy_helper
+
     out = copy.deepcopy(model)
     g = out.graph
     tensors = {t.name: t for t in g.initializer}
@@ -161,8 +173,10 @@ def densify(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def onnx_tensors(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
+def onnx_tensors(model: "onnx.ModelProto") -> Dict[str, np.ndarray]:
     """Name -> array of every constant tensor: initializers, sparse initializers (dense), Constant nodes."""
+    from onnx import numpy_helper
+
     out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for sp in model.graph.sparse_initializer:
         out[sp.values.name] = _sparse_to_array(sp)

@@ -87,6 +87,11 @@ class ExportReport:
     warnings: List[str] = dataclasses.field(default_factory=list)
     verified: bool = False
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+    target: str = "onnx"  # "onnx", "lite" or "all" (see paddleslim_tools.export)
+    lite_weight_checks: List[WeightMatch] = dataclasses.field(default_factory=list)
+    lite_command: Optional[str] = None  # Paddle Lite's opt, sparse kernels enabled
+    diagnosis: Optional[str] = None  # when onnxruntime and Paddle disagree: the op that diverges
+    deployment: Optional[Dict[str, Any]] = None  # paddleslim_tools.deployment's verdicts, when available
 
     @property
     def ok(self) -> bool:
@@ -118,6 +123,8 @@ class ExportReport:
             "unmatched": self.unmatched,
             "output_checks": [dataclasses.asdict(c) for c in self.output_checks],
             "failures": self.failures, "warnings": self.warnings, "timings": self.timings,
+            "target": self.target, "lite_weight_checks": [dataclasses.asdict(m) for m in self.lite_weight_checks],
+            "lite_command": self.lite_command, "diagnosis": self.diagnosis, "deployment": self.deployment,
         }
 
     def to_json(self) -> str:
@@ -156,6 +163,8 @@ class ExportReport:
         for c in self.output_checks:
             lines.append(f"output {c.name} [{c.what}]: max abs err {c.max_abs_err:.3g}, "
                          f"max rel err {c.max_rel_err:.3g} -> {'ok' if c.ok else 'FAIL'}")
+        if self.lite_command:
+            lines.append(f"Paddle Lite (sparse kernels): {self.lite_command}")
         for w in self.warnings:
             lines.append(f"warning: {w}")
         for f in self.failures:
@@ -168,4 +177,5 @@ class ExportReport:
 
 
 def file_sizes(files: Dict[str, str]) -> Dict[str, int]:
+    """Size in bytes of every existing file of ``files`` (key -> path)."""
     return {k: os.path.getsize(p) for k, p in files.items() if os.path.isfile(p)}

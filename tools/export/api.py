@@ -1,0 +1,211 @@
+"""The public export functions: a dygraph layer, a dygraph checkpoint, a static program or inference model."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import paddle
+
+from paddleslim_static.programs import program_mode
+
+from ..report import ExportReport, file_sizes, layer_rows
+from ..verify import random_feeds
+from .checks import verify_lite, verify_onnx
+from .errors import ExportError, one_line
+from .extras import require_extra
+from .folding import folded_layer, folded_program
+from .lite import LITE_SUFFIX, save_lite_layer
+from .loading import SavedModel, build_network, legacy_persistables, load_checkpoint, model_files
+from .pipeline import LiteResult, Timer, finish
+from .specs import ExportOptions, check_input_spec, np_dtype
+from .staging import check_out_dir, staging
+
+__all__ = ["export_layer", "export_program", "export_checkpoint", "verify_export"]
+
+_log = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _options(kwargs: Dict[str, Any]) -> ExportOptions:
+    opts = ExportOptions(**kwargs)
+    if opts.onnx:
+        require_extra()
+    return opts
+
+
+def export_layer(layer: paddle.nn.Layer, input_spec: Sequence[paddle.static.InputSpec], out_dir: PathLike,
+                 **options: Any) -> ExportReport:
+    """Export a (pruned) dygraph layer; a live ``paddleslim_dygraph`` pruner's masks are folded in.
+
+    ``options``: the fields of :class:`ExportOptions` (``name``, ``opset``, ``compress``, ``verify``,
+    ``sparse_cutoff``, ``seed``, ``rtol``, ``onnx_transform``, ``target``, ``sparse_threshold``). The layer itself
+    is left as it was (train/eval mode, pruner hook and mask buffers restored).
+    """
+    if not isinstance(layer, paddle.nn.Layer):
+        raise TypeError(f"layer must be a paddle.nn.Layer; got {type(layer).__name__}")
+    specs = check_input_spec(input_spec)
+    check_out_dir(out_dir)
+    opts = _options(options)
+    if not paddle.in_dynamic_mode():
+        raise ExportError("export_layer needs dygraph mode (call paddle.disable_static() first)")
+    timer = Timer()
+    with staging(out_dir, opts.name, opts.suffixes) as (tmp, final), folded_layer(layer):
+        with timer("paddle_save"):
+            feeds = random_feeds([(s.name or f"x{i}", s.shape, np_dtype(s.dtype)) for i, s in enumerate(specs)],
+                                 seed=opts.seed, dynamic_dim=1)
+            try:
+                with paddle.no_grad():
+                    layer(*[paddle.to_tensor(v) for v in feeds.values()])
+            except Exception as e:
+                raise ExportError(f"input_spec does not fit the network: {one_line(e)}") from None
+            try:
+                paddle.jit.save(layer, os.path.join(tmp, opts.name), input_spec=specs)
+            except Exception as e:
+                raise ExportError(f"paddle.jit.save failed: {one_line(e)}") from None
+        lite = None
+        if opts.lite:
+            with timer("lite_save"):
+                prefix = os.path.join(tmp, opts.name + LITE_SUFFIX)
+                save_lite_layer(layer, specs, prefix)
+                lite = LiteResult(prefix + ".pdmodel", prefix + ".pdiparams")
+        structured = {p.name: n for n, p in layer.named_parameters()}
+        return finish(tmp, final, opts, False, timer, structured=structured, lite=lite)
+
+
+def export_checkpoint(checkpoint: Union[PathLike, Dict[str, Any]], model: Union[str, Callable[..., Any]],
+                      input_spec: Sequence[paddle.static.InputSpec], out_dir: PathLike, *,
+                      kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> ExportReport:
+    """Build the network with ``model(**kwargs)`` (a callable or ``'module:callable'``), load ``checkpoint``
+    (path or state dict; dygraph-pruner masks, bool or bit-packed, folded in), then :func:`export_layer`."""
+    check_input_spec(input_spec)
+    check_out_dir(out_dir)
+    _options(options)
+    state = (load_checkpoint(checkpoint) if not isinstance(checkpoint, dict)
+             else {k: np.asarray(v) for k, v in checkpoint.items()})
+    net, folded = build_network(model, kwargs, state)
+    if folded:
+        _log.info("export: folded %d checkpoint masks into the weights", folded)
+    return export_layer(net, input_spec, out_dir, **options)
+
+
+def _own_values(program: Any, values: Sequence[Any]) -> List[Any]:
+    """``values`` as values of ``program``: one of a program it was cloned from is mapped to its clone."""
+    block = program.global_block()
+    own = {r.id for op in block.ops for r in op.results()}
+    out = []
+    for i, v in enumerate(values):
+        if not hasattr(v, "get_defining_op") or v.id in own:
+            out.append(v)
+            continue
+        op = v.get_defining_op()
+        src_ops = list(op.get_parent_block().ops) if op is not None else []
+        idx = next((k for k, o in enumerate(src_ops) if o.id() == op.id()), None)
+        ops = list(block.ops)
+        if idx is None or idx >= len(ops) or [o.name() for o in ops[:idx + 1]] != [o.name() for o in src_ops[:idx + 1]]:
+            raise ExportError(f"fetch_vars[{i}] is not a value of the program (nor of a program it was cloned "
+                              f"from); pass the value of the exported program, e.g. IrMapping.look_up(value)")
+        res = next(k for k, r in enumerate(op.results()) if r.id == v.id)
+        out.append(ops[idx].results()[res])
+    return out
+
+
+def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = None,
+                   feed_names: Optional[Sequence[str]] = None, fetch_vars: Optional[Sequence[Any]] = None,
+                   **options: Any) -> ExportReport:
+    """Export a static program (PIR or legacy) with its scope, or a saved inference model prefix.
+
+    ``program_or_prefix``: a ``paddle.static.Program`` (an inference/test program; weights from ``scope``,
+    default the global scope; ``feed_names`` default: every data op; ``fetch_vars`` required unless the program
+    has fetch ops; values of the program it was cloned from are accepted), or the path prefix of an inference
+    model (``prefix.json``/``prefix.pdmodel`` + ``prefix.pdiparams``). Static-pruner masks (``<param>_mask``
+    scope variables) are folded into the saved weights; the scope itself is left unchanged. ``target="lite"``
+    needs a legacy-IR program or model: Paddle 3.3.1 cannot translate PIR programs back to legacy IR.
+    """
+    check_out_dir(out_dir)
+    opts = _options(options)
+    if isinstance(program_or_prefix, (str, os.PathLike)):
+        model_file, _, legacy = model_files(os.fspath(program_or_prefix))
+        src = SavedModel(os.path.splitext(model_file)[0], legacy)
+        program, scope = src.program, src.scope
+        feed_names = list(feed_names or src.feed_names)
+        fetch_vars = list(fetch_vars or src.fetch)
+    else:
+        program = program_or_prefix
+        legacy = isinstance(program, paddle.base.framework.Program)
+        if not legacy and not isinstance(program, paddle.pir.Program):
+            raise TypeError(f"program_or_prefix must be a paddle static Program (PIR or legacy) or an "
+                            f"inference model path prefix; got {type(program).__name__}")
+        scope = scope if scope is not None else paddle.static.global_scope()
+    if opts.lite and not legacy:
+        raise ExportError("target 'lite' needs a legacy-IR model: Paddle 3.3.1 cannot translate a PIR program back "
+                          "to legacy IR; export the dygraph layer or checkpoint, or build the program under "
+                          "paddle.pir_utils.OldIrGuard()")
+    with program_mode(program):
+        block = program.global_block()
+        if legacy:
+            data_names = [n for n, v in block.vars.items() if getattr(v, "is_data", False)]
+            feed_names = list(feed_names or data_names)
+            missing = [n for n in feed_names if not block.has_var(n)]
+            feed_vars = [block.var(n) for n in feed_names if block.has_var(n)]
+        else:
+            data = {op.attrs().get("name"): op.results()[0] for op in block.ops if op.name() == "pd_op.data"}
+            feed_names = list(feed_names or data)
+            missing = [n for n in feed_names if n not in data]
+            feed_vars = [data[n] for n in feed_names if n in data]
+            if fetch_vars is None:
+                fetch_vars = [op.operands_source()[0] for op in block.ops if op.name() == "pd_op.fetch"]
+            fetch_vars = _own_values(program, list(fetch_vars or []))
+        if missing:
+            raise ExportError(f"feed_names: {missing} are not inputs of the program")
+        if not fetch_vars:
+            raise ExportError("fetch_vars is required: the program has no fetch ops")
+        params = legacy_persistables(block) if legacy else [p.name for p in block.all_parameters()]
+    timer = Timer()
+    with staging(out_dir, opts.name, opts.suffixes) as (tmp, final):
+        with timer("paddle_save"), program_mode(program), paddle.static.scope_guard(scope), \
+                folded_program(program, params, scope):
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            try:
+                paddle.static.save_inference_model(os.path.join(tmp, opts.name), feed_vars, list(fetch_vars), exe,
+                                                   program=program)
+            except Exception as e:
+                raise ExportError(f"save_inference_model failed: {one_line(e)}") from None
+        return finish(tmp, final, opts, legacy, timer)
+
+
+def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol: float = 1e-5) -> ExportReport:
+    """Re-verify an existing export directory: the Paddle model against ``name.onnx``, ``name.sparse.onnx`` and
+    ``name.lite.pdmodel``, whichever exist; writes nothing."""
+    out_dir = check_out_dir(out_dir)
+    prefix = os.path.join(out_dir, name)
+    model_file, params_file, legacy = model_files(prefix)
+    plain_path, sparse_path = prefix + ".onnx", prefix + ".sparse.onnx"
+    lite_prefix = prefix + LITE_SUFFIX
+    has_onnx, has_lite = os.path.isfile(plain_path), os.path.isfile(lite_prefix + ".pdmodel")
+    if not has_onnx and not has_lite:
+        raise ExportError(f"neither {plain_path!r} nor {lite_prefix + '.pdmodel'!r} exists")
+    saved = SavedModel(prefix, legacy)
+    report = ExportReport(name=name, out_dir=out_dir, target="all" if has_onnx and has_lite else
+                          ("onnx" if has_onnx else "lite"))
+    report.rows = layer_rows(saved.weights)
+    report.files = {"paddle_model": model_file, "paddle_params": params_file}
+    if has_lite:
+        report.files.update(lite_model=lite_prefix + ".pdmodel", lite_params=lite_prefix + ".pdiparams")
+        verify_lite(report, saved, SavedModel(lite_prefix, legacy=True), seed, rtol)
+    if has_onnx:
+        require_extra("verifying an ONNX export")
+        import onnx
+
+        report.files["onnx"] = plain_path
+        if not os.path.isfile(sparse_path):
+            sparse_path = None
+        else:
+            report.files["onnx_sparse"] = sparse_path
+            stored = {sp.values.name for sp in onnx.load_model(sparse_path).graph.sparse_initializer}
+            for r in report.rows:
+                r.stored_sparse = r.name in stored
+        verify_onnx(report, saved, onnx.load_model(plain_path), plain_path, sparse_path, seed, rtol)
+    report.file_sizes = file_sizes(report.files)
+    return report

@@ -1,0 +1,150 @@
+"""The back half every export shares, once the Paddle 3 inference model is saved into the staging directory:
+convert (ONNX) -> compress -> verify (ONNX, Lite) -> report. Each step returns a small result object."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from ..onnx_sparse import canonicalize, compress as compress_model
+from ..p2o_convert import convert
+from ..report import ExportReport, file_sizes, layer_rows
+from .checks import check_no_masks, verify_lite, verify_onnx
+from .lite import LITE_SUFFIX, lite_command
+from .loading import SavedModel, model_files
+from .specs import ExportOptions
+
+__all__ = ["Timer", "OnnxResult", "CompressResult", "LiteResult", "convert_onnx", "compress_onnx", "finish"]
+
+
+class Timer:
+    """Named wall-clock timings: ``with timer("paddle_save"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    def __call__(self, key: str) -> "_Span":
+        return _Span(self.seconds, key)
+
+
+class _Span:
+    def __init__(self, into: Dict[str, float], key: str) -> None:
+        self.into, self.key = into, key
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.into[self.key] = self.into.get(self.key, 0.0) + time.perf_counter() - self.start
+
+
+@dataclasses.dataclass
+class OnnxResult:
+    path: str
+    model: Any  # onnx.ModelProto, canonical form
+    opset: Optional[int]  # the opset the file actually has
+
+
+@dataclasses.dataclass
+class CompressResult:
+    path: str
+    stored_sparse: List[str]
+
+
+@dataclasses.dataclass
+class LiteResult:
+    model_file: str
+    params_file: str
+
+
+def convert_onnx(saved: SavedModel, model_file: str, params_file: str, opts: ExportOptions) -> OnnxResult:
+    """paddle2onnx (child process), the optional user transform, canonical form; saved as ``NAME.onnx``."""
+    import onnx
+
+    data = convert(model_file, params_file, opts.opset, op_names=saved.op_names)
+    model = onnx.load_model_from_string(data)
+    if opts.onnx_transform is not None:
+        model = opts.onnx_transform(model) or model
+    plain = canonicalize(model)
+    path = saved.prefix + ".onnx"
+    onnx.save_model(plain, path)
+    got = max((o.version for o in plain.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    return OnnxResult(path, plain, got)
+
+
+def compress_onnx(result: OnnxResult, opts: ExportOptions) -> CompressResult:
+    """``NAME.sparse.onnx``: weights stored as ``sparse_initializer`` where that is smaller (or ``sparse_cutoff``)."""
+    import onnx
+
+    small, stored = compress_model(result.model, opts.sparse_cutoff)
+    path = os.path.splitext(result.path)[0] + ".sparse.onnx"
+    onnx.save_model(small, path)
+    return CompressResult(path, stored)
+
+
+def _deployment(report: ExportReport, saved: SavedModel) -> None:
+    """The deployment-eligibility verdicts, when :mod:`paddleslim_tools.deployment` is installed."""
+    try:
+        from .. import deployment  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    fn = getattr(deployment, "deployment_report", None)
+    if fn is None:
+        return
+    try:
+        result = fn(saved.program, scope=saved.scope)
+        report.deployment = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    except Exception as e:  # a report section must never fail the export
+        report.warnings.append(f"deployment report unavailable: {type(e).__name__}: {e}")
+
+
+def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer,
+           structured: Optional[Dict[str, str]] = None, lite: Optional[LiteResult] = None) -> ExportReport:
+    """Convert, compress, verify and report the model saved at ``tmp/NAME``; writes ``NAME.report.json``.
+
+    ``lite``: the legacy-IR model written for Paddle Lite (None when the Paddle model itself is legacy IR).
+    """
+    prefix = os.path.join(tmp, opts.name)
+    model_file, params_file, _ = model_files(prefix)
+    saved = SavedModel(prefix, legacy)
+    report = ExportReport(name=opts.name, out_dir=final, opset=opts.opset, sparse_cutoff=opts.sparse_cutoff,
+                          timings=timer.seconds, target=opts.target)
+    check_no_masks(report, saved)
+    local = {"paddle_model": model_file, "paddle_params": params_file}
+    plain = packed = None
+    if opts.onnx:
+        with timer("onnx_convert"):
+            plain = convert_onnx(saved, model_file, params_file, opts)
+        local["onnx"] = plain.path
+        if plain.opset != opts.opset:
+            report.warnings.append(f"ONNX model has opset {plain.opset}, requested {opts.opset}")
+        if opts.compress:
+            with timer("compress"):
+                packed = compress_onnx(plain, opts)
+            local["onnx_sparse"] = packed.path
+    if opts.lite:
+        lite = lite or LiteResult(model_file, params_file)
+        local["lite_model"], local["lite_params"] = lite.model_file, lite.params_file
+        out = lambda p: os.path.join(final, os.path.basename(p))  # noqa: E731
+        report.lite_command = lite_command(out(lite.model_file), out(lite.params_file),
+                                           os.path.join(final, opts.name + "_lite_sparse"), opts.sparse_threshold)
+    report.rows = layer_rows(saved.weights, structured)
+    stored = set(packed.stored_sparse) if packed else set()
+    for r in report.rows:
+        r.stored_sparse = r.name in stored
+    if opts.verify:
+        with timer("verify"):
+            if lite is not None and lite.model_file != model_file:
+                lite_saved = SavedModel(os.path.join(tmp, opts.name + LITE_SUFFIX), legacy=True)
+                verify_lite(report, saved, lite_saved, opts.seed, opts.rtol)
+            if plain is not None:  # last: locating a diverging op adds fetch ops to saved.program
+                verify_onnx(report, saved, plain.model, plain.path, packed.path if packed else None, opts.seed,
+                            opts.rtol)
+    _deployment(report, saved)
+    report.file_sizes = file_sizes(local)
+    local["report"] = prefix + ".report.json"
+    report.files = {k: os.path.join(final, os.path.basename(p)) for k, p in local.items()}
+    with open(local["report"], "w", encoding="utf-8") as f:
+        f.write(report.to_json())
+    return report

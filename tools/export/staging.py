@@ -1,0 +1,110 @@
+"""Atomic output: everything is written into a staging directory next to ``out_dir`` and moved into place at the end.
+
+A staging directory is named ``.<out basename>.tmp-<pid>-<random>`` and holds a marker file, so a later export into
+the same parent can recognise one left behind by a process that was killed (``kill -9`` runs no cleanup) and remove
+it: stale means "ours (marker present) and its pid is no longer running".
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Iterator, List, Sequence, Tuple, Union
+
+from .errors import ExportError
+
+__all__ = ["staging", "remove_stale_staging", "check_out_dir", "MARKER"]
+
+_log = logging.getLogger(__name__)
+MARKER = ".paddleslim-export-staging"
+_STAGING_RE = re.compile(r"^\..+\.tmp-(\d+)-[A-Za-z0-9_]+$")
+
+
+def check_out_dir(out_dir: object) -> str:
+    """``out_dir`` as an absolute path; TypeError unless it is a str or os.PathLike."""
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"out_dir must be a str or os.PathLike directory path; got {out_dir!r}")
+    path = os.fspath(out_dir)
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"out_dir must be a non-empty text path; got {out_dir!r}")
+    return os.path.abspath(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno == errno.EPERM  # exists, owned by someone else
+    return True
+
+
+def remove_stale_staging(parent: str) -> List[str]:
+    """Remove staging directories in ``parent`` left by export processes that died; returns their paths."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for n in names:
+        m = _STAGING_RE.match(n)
+        path = os.path.join(parent, n)
+        if m is None or not os.path.isfile(os.path.join(path, MARKER)):
+            continue
+        if int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            _log.info("export: removed stale staging directory %s", path)
+    return removed
+
+
+@contextlib.contextmanager
+def staging(out_dir: Union[str, "os.PathLike[str]"], name: str,
+            suffixes: Sequence[str]) -> Iterator[Tuple[str, str]]:
+    """Yield (staging dir, final out_dir); move the staging dir's files into place on success.
+
+    In an existing out_dir, files ``name + suffix`` of an earlier export that this export does not write (e.g.
+    ``name.sparse.onnx`` after ``compress=False``) are removed so the set stays consistent; other files are kept.
+    On any exception (KeyboardInterrupt included) the staging directory and any parent directories created for
+    it are removed.
+    """
+    final = check_out_dir(out_dir)
+    if os.path.exists(final) and not os.path.isdir(final):
+        raise ExportError(f"out_dir {os.fspath(out_dir)!r} exists and is not a directory")
+    parent = os.path.dirname(final)
+    created = []
+    probe = parent
+    while probe and not os.path.exists(probe):
+        created.append(probe)
+        probe = os.path.dirname(probe)
+    tmp = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        remove_stale_staging(parent)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-{os.getpid()}-", dir=parent)
+        open(os.path.join(tmp, MARKER), "w").close()
+        yield tmp, final
+        os.remove(os.path.join(tmp, MARKER))
+        if not os.path.exists(final):
+            os.rename(tmp, final)
+        else:
+            produced = set(os.listdir(tmp))
+            for suffix in suffixes:
+                stale = os.path.join(final, name + suffix)
+                if name + suffix not in produced and os.path.isfile(stale):
+                    os.remove(stale)
+            for f in produced:
+                os.replace(os.path.join(tmp, f), os.path.join(final, f))
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:  # innermost first
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        raise
