@@ -45,10 +45,10 @@ def _owned(model: paddle.nn.Layer) -> Iterator[Tuple[paddle.nn.Layer, str, paddl
 
 def _role(layer: paddle.nn.Layer, attr: str, shape: Tuple[int, ...]) -> Tuple[Optional[Layout], str]:
     kind = type(layer).__name__
-    if len(shape) <= 1:
-        return None, "1-D parameter (bias)"
     if isinstance(layer, _NORMS):
         return None, f"normalization layer parameter ({kind})"
+    if len(shape) <= 1:
+        return None, "1-D parameter (bias)"
     if attr == "weight" and isinstance(layer, paddle.nn.Linear) and len(shape) == 2:
         return LINEAR, ""
     if attr == "weight" and isinstance(layer, paddle.nn.Conv2D) and len(shape) == 4:

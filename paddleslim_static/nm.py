@@ -78,10 +78,10 @@ def _uses(program: Any, params: set) -> Dict[str, List[str]]:
 
 
 def _role(shape: Tuple[int, ...], is_norm: bool, roles: List[str]) -> Tuple[Optional[Layout], str]:
-    if len(shape) <= 1:
-        return None, "1-D parameter (bias)"
     if is_norm:
         return None, "normalization op operand"
+    if len(shape) <= 1:
+        return None, "1-D parameter (bias)"
     kinds = set(roles)
     if not kinds:
         return None, "no matmul/conv2d op reads it as a weight: no N:M layout"

@@ -148,7 +148,8 @@ def fill_nm_mask(
     """Write the N:M mask of ``w`` into the bool array ``out`` (same shape) and return ``out``.
 
     ``intersect=True`` ANDs it into what ``out`` already holds (e.g. a magnitude-threshold mask; the result is
-    still N:M because a subset of an N:M mask is). ``apply=True`` then multiplies ``w`` by ``out`` in place.
+    still N:M because a subset of an N:M mask is). ``apply=True`` then zeroes the pruned weights of ``w`` in place
+    (assigned, not multiplied: a pruned inf or NaN becomes 0).
     Validates everything before writing anything.
     """
     n, m = check_nm(n, m, "n, m")
@@ -179,8 +180,8 @@ def fill_nm_mask(
         np.logical_and(out, mask, out=out)
     else:
         out[...] = mask
-    if apply:
-        np.multiply(w, out, out=w)
+    if apply:  # assign rather than multiply: a pruned inf/NaN becomes 0, not NaN
+        np.copyto(w, 0, where=~out)
     return out
 
 
