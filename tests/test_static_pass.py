@@ -1,10 +1,13 @@
 """The mask pass: where its ops go, idempotence, scope state, eval/inference programs, legacy IR."""
+import contextlib
+
 import numpy as np
 import paddle
 import pytest
 
 from nets import NETS, batch, scope_array, static_mode, static_net
 from paddleslim_static import UnstructuredPruner, apply_mask_pass, mask_var_name, masked_params
+from paddleslim_static.mask_pass import unmasked_params
 from paddleslim_static.programs import has_optimizer_ops, norm_param_names, param_infos
 from paddleslim_static.pruner import GLOBAL_THRESHOLD_VAR, READY_VAR
 
@@ -257,13 +260,105 @@ def test_gmp_recomputes_masks_after_startup_rerun(static):
         assert scope_array(scope, GLOBAL_THRESHOLD_VAR) == np.float32(pruner.threshold)
 
 
-def test_pruner_before_minimize_warns(static, caplog):
-    import logging
-    from paddleslim_static import UnstructuredPruner
-    main, startup = paddle.static.Program(), paddle.static.Program()
-    with paddle.static.program_guard(main, startup):
-        x = paddle.static.data("x", [None, 4], "float32")
-        paddle.nn.Linear(4, 3)(x).mean()
-    with caplog.at_level(logging.WARNING, logger="paddleslim"):
-        UnstructuredPruner(main, "ratio", scope=paddle.static.Scope(), startup_program=startup)
-    assert "after optimizer.minimize" in caplog.text
+def test_pass_before_minimize_then_updates_are_reported(static):
+    """Run before minimize(): no mask ops; the updates minimize() appends show up in unmasked_params."""
+    net = static_net(MLP, None)
+    names = _weights_2d(net.main)
+    assert apply_mask_pass(net.main, net.startup, names).masked == ()
+    with paddle.static.program_guard(net.main, net.startup):
+        _momentum().minimize(net.loss)
+    assert unmasked_params(net.main, names) == names
+    assert apply_mask_pass(net.main, net.startup, names).masked == tuple(names)
+    assert unmasked_params(net.main, names) == []
+
+
+def _snapshot(program):
+    """Everything the pass could change: ops with their operands/results, variables, of every block."""
+    if isinstance(program, paddle.pir.Program):
+        ops = []
+        for op in program.global_block().ops:
+            names = [v.name if v.has_name else None for v in op.operands_source()]
+            ops.append((op.name(), tuple(names), tuple(r.name if r.has_name else None for r in op.results())))
+        return ops
+    block = program.global_block()
+    return ([(op.type, tuple(op.input_arg_names), tuple(op.output_arg_names)) for op in block.ops],
+            sorted((n, v.persistable, str(v.dtype), tuple(v.shape)) for n, v in block.vars.items()))
+
+
+def _bad_calls(legacy):
+    """(label, build-the-trap, call, error type, message) for every argument the pass validates."""
+    def clash(main, names):
+        with paddle.static.program_guard(main):
+            if legacy:
+                main.global_block().create_var(name=names[1] + "_mask", shape=[3], dtype="float32")
+            else:
+                paddle.static.data(names[1] + "_mask", [3], "float32")
+
+    def other_ir_startup(main, names):
+        with (paddle.pir_utils.IrGuard() if legacy else paddle.pir_utils.OldIrGuard()):
+            return paddle.static.Program()
+
+    return [
+        ("unknown param", None, lambda m, s, n: apply_mask_pass(m, s, n + ["nope.w_0"]), ValueError, "nope.w_0"),
+        ("scalar nan", None, lambda m, s, n: apply_mask_pass(m, s, n, {"t": float("nan")}), TypeError, "scalars"),
+        ("scalar str", None, lambda m, s, n: apply_mask_pass(m, s, n, {"t": "0.5"}), TypeError, "scalars"),
+        ("scalar is a param", None, lambda m, s, n: apply_mask_pass(m, s, n, {n[0]: 0.5}), ValueError, "scalars"),
+        ("scalar is a mask", None, lambda m, s, n: apply_mask_pass(m, s, n, {n[0] + "_mask": 0.5}), ValueError,
+         "scalars"),
+        ("packed not bool", None, lambda m, s, n: apply_mask_pass(m, s, n, packed=1), TypeError, "packed"),
+        ("mask name clash", clash, lambda m, s, n: apply_mask_pass(m, s, n, {"t": 0.5}), ValueError, "_mask"),
+        ("IR mismatch", None, lambda m, s, n: apply_mask_pass(m, other_ir_startup(m, n), n), TypeError,
+         "startup_program"),
+        ("packed over bool masks", lambda m, n: apply_mask_pass(m, None, n[:1]),
+         lambda m, s, n: apply_mask_pass(m, s, n, packed=True), ValueError, "packed"),
+    ]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["pir", "legacy"])
+@pytest.mark.parametrize("case", range(len(_bad_calls(False))), ids=[c[0] for c in _bad_calls(False)])
+def test_failed_pass_changes_nothing(static, legacy, case):
+    label, trap, call, error, message = _bad_calls(legacy)[case]
+    with (paddle.pir_utils.OldIrGuard() if legacy else contextlib.nullcontext()):
+        net = static_net(MLP, _momentum, legacy=legacy)
+        names = _weights_2d(net.main)
+        if trap is not None:
+            trap(net.main, names)
+        before = _snapshot(net.main), _snapshot(net.startup)
+        with pytest.raises(error, match=message):
+            call(net.main, net.startup, names)
+        assert (_snapshot(net.main), _snapshot(net.startup)) == before
+        # and the same program still takes a valid call afterwards
+        if label not in ("packed over bool masks", "mask name clash"):
+            assert set(apply_mask_pass(net.main, net.startup, names).masked) == set(names)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["pir", "legacy"])
+def test_packed_masks(static, legacy):
+    """uint8 masks of ceil(n/8) bytes, initialised to np.packbits(all True) exactly; the ops unpack them."""
+    with (paddle.pir_utils.OldIrGuard() if legacy else contextlib.nullcontext()):
+        net = static_net(NETS["lenet"], _momentum, legacy=legacy)
+        names = _weights_2d(net.main)
+        res = apply_mask_pass(net.main, net.startup, names, packed=True)
+        assert res.packed and set(res.masked) == set(names) and unmasked_params(net.main, names) == []
+        shapes = {p.name: tuple(p.shape) for p in net.main.global_block().all_parameters()}
+        assert any(int(np.prod(shapes[n])) % 8 for n in names)  # a partial last byte is covered
+        scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(scope):
+            exe.run(net.startup)
+            rng = np.random.default_rng(3)
+            masks = {}
+            for n in names:
+                size = int(np.prod(shapes[n]))
+                bits = scope_array(scope, mask_var_name(n))
+                assert bits.dtype == np.uint8 and bits.shape == ((size + 7) // 8,)
+                np.testing.assert_array_equal(bits, np.packbits(np.ones(size, bool)))
+                masks[n] = rng.random(shapes[n]) < 0.3
+                scope.find_var(mask_var_name(n)).get_tensor().set(np.packbits(masks[n].reshape(-1)),
+                                                                  paddle.CPUPlace())
+            exe.run(net.main, feed=_feed(NETS["lenet"]), fetch_list=[net.loss])
+            for n, m in masks.items():
+                w = scope_array(scope, n)
+                np.testing.assert_array_equal(w != 0, m)
+        if legacy:  # mask ops (unpacking included) carry the optimize role: a test clone drops them all
+            test = net.main.clone(for_test=True)
+            assert not {"bitwise_and", "elementwise_mul"} & {op.type for op in test.global_block().ops}
