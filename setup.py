@@ -21,7 +21,7 @@ setup(
         Extension(
             "paddleslim_static.core._kernels",
             ["paddleslim_static/core/_kernels.c"],
-            extra_compile_args=["-O3", "-fno-strict-aliasing"] if sys.platform != "win32" else ["/O2"],
+            extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
             optional=True,
         )
     ],
@@ -29,11 +29,13 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "onnx", "paddle2onnx", "onnxruntime"],
         "export": ["onnx", "paddle2onnx", "onnxruntime"],
+        "plot": ["matplotlib"],
     },
     entry_points={
         "console_scripts": [
             "paddleslim-demo=paddleslim_tools.demo:main",
             "paddleslim-export=paddleslim_tools.export:main",
+            "paddleslim-report=paddleslim_tools.report_cmd:main",
         ]
     },
     license="Apache-2.0",

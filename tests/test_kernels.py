@@ -102,3 +102,100 @@ def test_rejects_bad_buffers():
         kernels.stream(np.zeros(8, np.uint32), 0, 1, np.zeros(4, np.uint32))
     with pytest.raises(ValueError, match="lo <= hi"):
         kernels.stream(np.zeros(8, np.uint32), 5, 1, np.zeros(8, np.uint32))
+
+
+# -- argument safety (issue 7, item 14): each of these was accepted before and gave UB or wrong answers --------
+def _misaligned(n, dtype=np.float32):
+    raw = np.zeros(n * np.dtype(dtype).itemsize + 1, np.uint8)
+    a = raw[1:].view(dtype)
+    assert not a.flags.aligned
+    return a
+
+
+def test_eligible_refuses_misaligned_and_foreign_arrays():
+    w = _misaligned(64)
+    mask = np.empty(64, bool)
+    assert not kernels.eligible(w, mask)
+    assert not kernels.eligible(np.zeros(64, ">f4"), mask)  # byte-swapped float32
+    assert not kernels.eligible(np.zeros(64, np.float32), np.empty(63, bool))  # sizes differ
+    assert not kernels.keys_eligible(_misaligned(64, np.uint32))
+    assert not kernels.keys_eligible(np.zeros(64, np.int32))
+    assert kernels.eligible(np.zeros(64, np.float32), mask)
+
+
+def test_misaligned_weights_give_the_numpy_bits():
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal(1001).astype(np.float32)
+    w = _misaligned(1001)
+    w[:] = base
+    def run():
+        ww, m = w.copy(), np.empty(w.shape, bool)  # copy() is aligned: run the check on the view itself too
+        fill_masks({"w": w}, {"w": m}, np.float32(0.5), {}, (1, 1))
+        return m.tobytes()
+    c, py = _both(run)
+    assert c == py == (np.abs(base) >= np.float32(0.5)).tobytes()
+    assert ratio_threshold([ScoreSource(w)], 0.3, direct_max=0, chunk=64) == ratio_threshold([ScoreSource(base)], 0.3)
+
+
+def test_kernels_defined_on_misaligned_buffers():
+    # called directly (no eligibility check): loads go through memcpy, so this is defined behaviour (the
+    # sanitizer run below checks it) and gives the aligned answer
+    from paddleslim_static.core import _kernels
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal(100).astype(np.float32)
+    w = _misaligned(100)
+    w[:] = base
+    band = _misaligned(100, np.uint32)
+    n_le, nb, mx = _kernels.stream(w.view(np.uint32), 0x3E000000, 0x3F800000, band)
+    k = base.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    assert n_le == int((k <= 0x3E000000).sum()) and mx == int(k.max())
+    np.testing.assert_array_equal(band[:nb], k[(k > 0x3E000000) & (k <= 0x3F800000)])
+    m = np.empty(101, np.uint8)[1:]
+    _kernels.mask_apply(w, m, 0x3F000000, True)
+    np.testing.assert_array_equal(m.astype(bool), k >= 0x3F000000)
+    np.testing.assert_array_equal(w, base * (k >= 0x3F000000))
+
+
+@pytest.mark.parametrize("bad", [2**64 + 5, 2**32 + 5, -1, 2**31])
+def test_integer_arguments_checked_for_overflow(bad):
+    from paddleslim_static.core import _kernels
+    keys, band = np.zeros(8, np.uint32), np.zeros(8, np.uint32)
+    with pytest.raises(ValueError, match="lo|hi"):
+        _kernels.stream(keys, bad, 2**31 - 1, band)
+    with pytest.raises(ValueError, match="hi"):
+        _kernels.stream(keys, 0, bad, band)
+    if bad >= 2**32 or bad < 0:
+        with pytest.raises(ValueError, match="t_key"):
+            _kernels.mask_apply(np.zeros(8, np.float32), np.zeros(8, bool), bad, True)
+
+
+def test_buffer_dtypes_checked():
+    from paddleslim_static.core import _kernels
+    band = np.zeros(8, np.uint32)
+    with pytest.raises(TypeError, match="keys"):  # float64 keys used to be read as 16 uint32 "keys"
+        _kernels.stream(np.zeros(8, np.float64), 0, 1, band)
+    with pytest.raises(TypeError, match="keys"):
+        _kernels.stream(np.zeros(8, np.int32), 0, 1, band)
+    with pytest.raises(TypeError, match="band_out"):
+        _kernels.stream(np.zeros(8, np.uint32), 0, 1, np.zeros(8, np.float32))
+    with pytest.raises(TypeError, match="w"):
+        _kernels.mask_apply(np.zeros(8, np.float64), np.zeros(16, bool), 0, True)
+    with pytest.raises(TypeError, match="mask"):
+        _kernels.mask_apply(np.zeros(8, np.float32), np.zeros(8, np.int32), 0, True)
+    with pytest.raises(TypeError, match="mask"):
+        _kernels.apply(np.zeros(8, np.float32), np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match="keys"):
+        _kernels.stream(b"\0" * 32, 0, 1, band)  # raw bytes carry no dtype
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        _kernels.stream(np.zeros((4, 4), np.uint32)[:, ::2], 0, 1, np.zeros(16, np.uint32))  # not contiguous
+
+
+def test_block_kernels_check_geometry():
+    from paddleslim_static.core import _kernels
+    w = np.zeros(12, np.float32)
+    with pytest.raises(ValueError, match="geometry"):
+        _kernels.block_scores(w, 5, 3, 2, 2, np.zeros(6, np.float32))
+    with pytest.raises(ValueError, match="m"):
+        _kernels.block_scores(w, 4, 3, 0, 2, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="out"):
+        _kernels.block_scores(w, 4, 3, 2, 2, np.zeros(3, np.float32))

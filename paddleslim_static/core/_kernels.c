@@ -3,19 +3,31 @@
  * They compute exactly what the numpy code paths in selection.py / scores.py / engine.py compute, on the
  * same uint32 keys (float32 bit patterns with the sign bit cleared), in one pass instead of several:
  *
- *   stream(keys, lo, hi, band_out)      -> (count of keys <= lo, keys in (lo, hi] written to band_out, max key)
- *                                          (AVX2 version chosen at run time on x86-64, portable C otherwise)
- *   mask_apply(w, mask, t_key, apply)   -> mask = key(w) >= t_key; if apply: w *= mask
- *   apply(w, mask)                      -> w *= mask
+ *   stream(keys, lo, hi, band_out)        -> (#keys <= lo, #keys in (lo, hi] written to band_out, max key)
+ *   stream_w(keys, ncols, w_int, w_last, lo, hi, band_out, band_w_out)
+ *                                          -> the same over rows of ncols keys, each key standing for w_int
+ *                                             elements (the last of a row: w_last); counts are weighted
+ *   mask_apply(w, mask, t_key, apply)     -> mask = key(w) >= t_key; if apply: w *= mask
+ *   apply(w, mask)                        -> w *= mask
+ *   block_scores(w, rows, D, m, L, out)   -> out[I, J] = float32(mean |w| of block (I, J)) (see scores.py)
+ *   block_mask_apply(w, mask, keys, rows, D, m, L, t_key, apply)
+ *                                          -> mask = block key >= t_key; if apply: w *= mask
  *
- * Arguments are C-contiguous buffers (numpy arrays): keys/band_out uint32, w float32, mask bool/uint8.
- * w * (float)mask is an IEEE multiply (no -ffast-math), so -0.0 and NaN come out as numpy's np.multiply gives them.
+ * Every buffer is checked: C-contiguous, its struct format (float32 'f', uint32 'I', bool/uint8 '?'/'B'),
+ * item size and length. Integers are parsed with overflow checks. Data is read and written through memcpy,
+ * so any alignment is defined behaviour and no -fno-strict-aliasing is needed. Every kernel releases the GIL,
+ * so the Python side may run disjoint slices on several threads.
+ * w * (float)mask is an IEEE multiply (no -ffast-math): -0.0 and NaN come out as numpy's np.multiply gives them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && \
+    !defined(PADDLESLIM_NO_CLONES)
 #define MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
 #define MULTIVERSION
@@ -27,18 +39,40 @@
 #endif
 
 #define BLOCK 32
+#define ABS_MASK 0x7FFFFFFFu
+
+static inline uint32_t load_u32(const unsigned char *p, Py_ssize_t i)
+{
+    uint32_t v;
+    memcpy(&v, p + 4 * i, 4);
+    return v;
+}
+
+static inline float load_f32(const unsigned char *p, Py_ssize_t i)
+{
+    float v;
+    memcpy(&v, p + 4 * i, 4);
+    return v;
+}
+
+static inline void store_u32(unsigned char *p, Py_ssize_t i, uint32_t v) { memcpy(p + 4 * i, &v, 4); }
+
+static inline void store_f32(unsigned char *p, Py_ssize_t i, float v) { memcpy(p + 4 * i, &v, 4); }
+
+/* ---- stream ------------------------------------------------------------------------------------------------ */
 
 /* The scalar loop both versions finish with (and the reference for what one key does). */
-static uint32_t stream_tail(const uint32_t *bits, Py_ssize_t i, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t le,
-                            uint32_t mx, uint32_t *band, Py_ssize_t b, uint64_t *n_le, Py_ssize_t *nb)
+static uint32_t stream_tail(const unsigned char *bits, Py_ssize_t i, Py_ssize_t n, uint32_t lo, uint32_t hi,
+                            uint64_t le, uint32_t mx, unsigned char *band, Py_ssize_t b, uint64_t *n_le,
+                            Py_ssize_t *nb)
 {
     const uint32_t start = lo + 1u, width = hi - lo - 1u;
     for (; i < n; i++) {
-        uint32_t k = bits[i] & 0x7FFFFFFFu;
+        uint32_t k = load_u32(bits, i) & ABS_MASK;
         mx = k > mx ? k : mx;
         le += (k <= lo);
         if (hi > lo) {
-            band[b] = k;
+            store_u32(band, b, k);
             b += ((uint32_t)(k - start) <= width);
         }
     }
@@ -49,8 +83,8 @@ static uint32_t stream_tail(const uint32_t *bits, Py_ssize_t i, Py_ssize_t n, ui
 
 /* Portable version (any compiler/CPU): a vectorisable check per BLOCK keys, a scalar compaction for the rare
  * blocks that hold band keys. */
-static uint32_t stream_portable(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
-                           uint32_t *band, Py_ssize_t *nb)
+static uint32_t stream_portable(const unsigned char *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
+                                unsigned char *band, Py_ssize_t *nb)
 {
     uint64_t le = 0;
     Py_ssize_t b = 0, i = 0;
@@ -60,7 +94,7 @@ static uint32_t stream_portable(const uint32_t *bits, Py_ssize_t n, uint32_t lo,
     for (; i + BLOCK <= n; i += BLOCK) {
         uint32_t any = 0, lec = 0, bmx = 0;
         for (int j = 0; j < BLOCK; j++) { /* vectorised: no stores */
-            uint32_t k = bits[i + j] & 0x7FFFFFFFu;
+            uint32_t k = load_u32(bits, i + j) & ABS_MASK;
             bmx = k > bmx ? k : bmx;
             lec += (k <= lo);
             any |= ((uint32_t)(k - start) <= width);
@@ -69,8 +103,8 @@ static uint32_t stream_portable(const uint32_t *bits, Py_ssize_t n, uint32_t lo,
         mx = bmx > mx ? bmx : mx;
         if (any && has_band) { /* rare: ~1-2% of keys are in the band */
             for (int j = 0; j < BLOCK; j++) {
-                uint32_t k = bits[i + j] & 0x7FFFFFFFu;
-                band[b] = k;
+                uint32_t k = load_u32(bits, i + j) & ABS_MASK;
+                store_u32(band, b, k);
                 b += ((uint32_t)(k - start) <= width);
             }
         }
@@ -80,15 +114,15 @@ static uint32_t stream_portable(const uint32_t *bits, Py_ssize_t n, uint32_t lo,
 
 #ifdef HAVE_AVX2_PATH
 /* AVX2 version: 16 keys per step, unsigned compares via a sign flip, band keys found with movemask + ctz. */
-__attribute__((target("avx2")))
-static uint32_t stream_avx2(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
-                            uint32_t *band, Py_ssize_t *nb)
+__attribute__((target("avx2"))) static uint32_t stream_avx2(const unsigned char *bits, Py_ssize_t n, uint32_t lo,
+                                                            uint32_t hi, uint64_t *n_le, unsigned char *band,
+                                                            Py_ssize_t *nb)
 {
     const uint32_t start = lo + 1u, width = hi - lo - 1u;
     const int has_band = hi > lo;
     const __m256i ABS = _mm256_set1_epi32(0x7FFFFFFF), FLIP = _mm256_set1_epi32((int)0x80000000u);
-    /* keys are <= 0x7F800000, so lo + 1 and width + 1 = hi - lo cannot overflow:
-     * k <= lo  <=>  k < lo + 1;  (k - start) <= width  <=>  (k - start) < width + 1  (unsigned, via FLIP) */
+    /* keys are < 2^31, lo <= hi <= 0x7FFFFFFF (checked by the caller), so lo + 1 and width + 1 = hi - lo cannot
+     * overflow: k <= lo <=> k < lo + 1;  (k - start) <= width <=> (k - start) < width + 1  (unsigned, via FLIP) */
     const __m256i LO1 = _mm256_set1_epi32((int)((lo + 1u) ^ 0x80000000u));
     const __m256i START = _mm256_set1_epi32((int)start);
     const __m256i WIDTH1 = _mm256_set1_epi32((int)((width + 1u) ^ 0x80000000u));
@@ -102,8 +136,8 @@ static uint32_t stream_avx2(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uin
             end = i + ((Py_ssize_t)1 << 24);
         __m256i vle = _mm256_setzero_si256();
         for (; i < end; i += 16) {
-            __m256i k0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(bits + i)), ABS);
-            __m256i k1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(bits + i + 8)), ABS);
+            __m256i k0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(bits + 4 * i)), ABS);
+            __m256i k1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(bits + 4 * i + 32)), ABS);
             vmx0 = _mm256_max_epu32(vmx0, k0);
             vmx1 = _mm256_max_epu32(vmx1, k1);
             vle = _mm256_sub_epi32(vle, _mm256_cmpgt_epi32(LO1, _mm256_xor_si256(k0, FLIP)));
@@ -115,7 +149,7 @@ static uint32_t stream_avx2(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uin
             unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(b0)) |
                          ((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(b1)) << 8);
             while (m) {
-                band[b++] = bits[i + __builtin_ctz(m)] & 0x7FFFFFFFu;
+                store_u32(band, b++, load_u32(bits, i + __builtin_ctz(m)) & ABS_MASK);
                 m &= m - 1;
             }
         }
@@ -132,8 +166,8 @@ static uint32_t stream_avx2(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uin
 
 static int allow_avx2 = 1; /* tests switch it off to run the portable version on AVX2 machines */
 
-static uint32_t stream_u32(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
-                           uint32_t *band, Py_ssize_t *nb)
+static uint32_t stream_u32(const unsigned char *bits, Py_ssize_t n, uint32_t lo, uint32_t hi, uint64_t *n_le,
+                           unsigned char *band, Py_ssize_t *nb)
 {
 #ifdef HAVE_AVX2_PATH
     if (allow_avx2 && __builtin_cpu_supports("avx2"))
@@ -142,105 +176,413 @@ static uint32_t stream_u32(const uint32_t *bits, Py_ssize_t n, uint32_t lo, uint
     return stream_portable(bits, n, lo, hi, n_le, band, nb);
 }
 
+/* Rows of ncols keys; each key stands for w_int elements, the last key of a row for w_last. */
+static uint32_t stream_weighted(const unsigned char *bits, Py_ssize_t n, Py_ssize_t ncols, uint64_t w_int,
+                                uint64_t w_last, uint32_t lo, uint32_t hi, uint64_t *n_le, unsigned char *band,
+                                unsigned char *band_w, Py_ssize_t *nb)
+{
+    uint64_t le = 0;
+    uint32_t mx = 0;
+    Py_ssize_t b = 0;
+    for (Py_ssize_t r = 0; r + ncols <= n; r += ncols) {
+        uint64_t c_le = 0;
+        Py_ssize_t got = 0;
+        uint32_t m = stream_u32(bits + 4 * r, ncols - 1, lo, hi, &c_le, band + 4 * b, &got);
+        mx = m > mx ? m : mx;
+        le += c_le * w_int;
+        for (Py_ssize_t j = 0; j < got; j++)
+            memcpy(band_w + 8 * (b + j), &w_int, 8);
+        b += got;
+        uint32_t k = load_u32(bits, r + ncols - 1) & ABS_MASK;
+        mx = k > mx ? k : mx;
+        le += (k <= lo) ? w_last : 0;
+        if (k > lo && k <= hi) {
+            store_u32(band, b, k);
+            memcpy(band_w + 8 * b, &w_last, 8);
+            b++;
+        }
+    }
+    *n_le = le;
+    *nb = b;
+    return mx;
+}
+
+/* ---- masks ------------------------------------------------------------------------------------------------- */
+
 MULTIVERSION
-static void mask_f32(const uint32_t *restrict bits, uint8_t *restrict mask, Py_ssize_t n, uint32_t t_key)
+static void mask_f32(const unsigned char *restrict bits, unsigned char *restrict mask, Py_ssize_t n, uint32_t t_key)
 {
     for (Py_ssize_t i = 0; i < n; i++)
-        mask[i] = (uint8_t)((bits[i] & 0x7FFFFFFFu) >= t_key);
+        mask[i] = (unsigned char)((load_u32(bits, i) & ABS_MASK) >= t_key);
 }
 
 MULTIVERSION
-static void apply_f32(float *restrict w, const uint8_t *restrict mask, Py_ssize_t n)
+static void apply_f32(unsigned char *restrict w, const unsigned char *restrict mask, Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < n; i++) /* mask bytes are 0/1 (numpy bool): an IEEE multiply by 0.0f or 1.0f */
-        w[i] = w[i] * (float)mask[i];
+        store_f32(w, i, load_f32(w, i) * (float)mask[i]);
 }
 
 /* mask then apply, 4096 elements at a time so the second loop reads from L1 */
-static void mask_apply_f32(float *w, uint8_t *mask, Py_ssize_t n, uint32_t t_key, int apply)
+static void mask_apply_f32(unsigned char *w, unsigned char *mask, Py_ssize_t n, uint32_t t_key, int apply)
 {
     for (Py_ssize_t a = 0; a < n; a += 4096) {
         Py_ssize_t m = n - a < 4096 ? n - a : 4096;
-        mask_f32((const uint32_t *)(w + a), mask + a, m, t_key);
+        mask_f32(w + 4 * a, mask + a, m, t_key);
         if (apply)
-            apply_f32(w + a, mask + a, m);
+            apply_f32(w + 4 * a, mask + a, m);
     }
 }
 
-static int check_items(Py_buffer *buf, Py_ssize_t itemsize, const char *what)
+/* ---- blocks ------------------------------------------------------------------------------------------------ *
+ * w is (rows, D) float32; blocks are m rows x L columns (L = n * trailing size); the last block row / column
+ * may be smaller. Summation order (numpy's fallback in scores.py follows it exactly): for each block row,
+ * acc[c] = |w[r0, c]| + |w[r0 + 1, c]| + ... (float64, in row order), then per block
+ * s = acc[c0] + acc[c0 + 1] + ... (in column order), score = (float)(s / count). */
+
+MULTIVERSION
+static void acc_row(double *restrict acc, const unsigned char *restrict row, Py_ssize_t D, int first)
 {
-    if (buf->len % itemsize != 0) {
-        PyErr_Format(PyExc_ValueError, "%s: buffer length %zd is not a multiple of %zd", what, buf->len, itemsize);
+    if (first)
+        for (Py_ssize_t c = 0; c < D; c++)
+            acc[c] = (double)fabsf(load_f32(row, c));
+    else
+        for (Py_ssize_t c = 0; c < D; c++)
+            acc[c] += (double)fabsf(load_f32(row, c));
+}
+
+static int block_scores_f32(const unsigned char *w, Py_ssize_t rows, Py_ssize_t D, Py_ssize_t m, Py_ssize_t L,
+                            unsigned char *out)
+{
+    double *acc = (double *)malloc((size_t)(D > 0 ? D : 1) * sizeof(double));
+    if (acc == NULL)
+        return -1;
+    const Py_ssize_t nbj = (D + L - 1) / L;
+    for (Py_ssize_t r0 = 0, I = 0; r0 < rows; r0 += m, I++) {
+        const Py_ssize_t nr = rows - r0 < m ? rows - r0 : m;
+        for (Py_ssize_t r = 0; r < nr; r++)
+            acc_row(acc, w + 4 * (r0 + r) * D, D, r == 0);
+        for (Py_ssize_t J = 0; J < nbj; J++) {
+            const Py_ssize_t c0 = J * L, c1 = c0 + L < D ? c0 + L : D;
+            double s = acc[c0];
+            for (Py_ssize_t c = c0 + 1; c < c1; c++)
+                s += acc[c];
+            store_f32(out, I * nbj + J, (float)(s / (double)(nr * (c1 - c0))));
+        }
+    }
+    free(acc);
+    return 0;
+}
+
+static void block_mask_apply_f32(unsigned char *w, unsigned char *mask, const unsigned char *keys, Py_ssize_t rows,
+                                 Py_ssize_t D, Py_ssize_t m, Py_ssize_t L, uint32_t t_key, int apply)
+{
+    const Py_ssize_t nbj = (D + L - 1) / L;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const Py_ssize_t I = r / m;
+        unsigned char *mrow = mask + r * D;
+        for (Py_ssize_t J = 0; J < nbj; J++) {
+            const Py_ssize_t c0 = J * L, c1 = c0 + L < D ? c0 + L : D;
+            memset(mrow + c0, (load_u32(keys, I * nbj + J) & ABS_MASK) >= t_key, (size_t)(c1 - c0));
+        }
+        if (apply)
+            apply_f32(w + 4 * r * D, mrow, D);
+    }
+}
+
+/* ---- argument checks --------------------------------------------------------------------------------------- */
+
+/* kind: 'f' float32, 'I' uint32, '?' bool or uint8, 'q' int64 */
+static int format_ok(const char *fmt, char kind)
+{
+    if (fmt == NULL)
+        return 0; /* a buffer without a format is raw bytes: refused */
+    if (*fmt == '@' || *fmt == '=' || *fmt == '<' || *fmt == '|') {
+#if PY_LITTLE_ENDIAN
+        fmt++;
+#else
+        if (*fmt == '<')
+            return 0;
+        fmt++;
+#endif
+    }
+    if (fmt[0] == '\0' || fmt[1] != '\0')
+        return 0;
+    switch (kind) {
+    case 'f': return fmt[0] == 'f';
+    case 'I': return fmt[0] == 'I' || fmt[0] == 'L';
+    case '?': return fmt[0] == '?' || fmt[0] == 'B';
+    case 'q': return fmt[0] == 'q' || fmt[0] == 'l';
+    }
+    return 0;
+}
+
+static int get_buf(PyObject *obj, Py_buffer *buf, char kind, Py_ssize_t itemsize, int writable, const char *name)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, buf, flags) < 0)
+        return -1;
+    if (buf->itemsize != itemsize || !format_ok(buf->format, kind) || buf->len % itemsize != 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous %s buffer; got format %s, item size %zd", name,
+                     kind == 'f' ? "float32" : kind == 'I' ? "uint32" : kind == 'q' ? "int64" : "bool/uint8",
+                     buf->format ? buf->format : "(none)", buf->itemsize);
+        PyBuffer_Release(buf);
+        buf->obj = NULL;
         return -1;
     }
     return 0;
 }
 
+static void release(Py_buffer *b)
+{
+    if (b->obj != NULL)
+        PyBuffer_Release(b);
+}
+
+/* A Python int in [0, max]: no wrap-around ("k" would take 2**64 + 5 as 5). */
+static int get_uint(PyObject *obj, unsigned long long max, unsigned long long *out, const char *name)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int; got %.100s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow != 0 || v < 0 || (unsigned long long)v > max) {
+        PyErr_Format(PyExc_ValueError, "%s must be in [0, %llu]; got %R", name, max, obj);
+        return -1;
+    }
+    *out = (unsigned long long)v;
+    return 0;
+}
+
+#define KEY_MAX 0x7FFFFFFFull
+#define SIZE_MAX_PY ((unsigned long long)PY_SSIZE_T_MAX)
+
+static int get_lo_hi(PyObject *olo, PyObject *ohi, uint32_t *lo, uint32_t *hi)
+{
+    unsigned long long a, b;
+    if (get_uint(olo, KEY_MAX, &a, "lo") < 0 || get_uint(ohi, KEY_MAX, &b, "hi") < 0)
+        return -1;
+    if (b < a) {
+        PyErr_SetString(PyExc_ValueError, "lo and hi must be keys with lo <= hi");
+        return -1;
+    }
+    *lo = (uint32_t)a;
+    *hi = (uint32_t)b;
+    return 0;
+}
+
+/* ---- Python entry points ----------------------------------------------------------------------------------- */
+
 static PyObject *py_stream(PyObject *self, PyObject *args)
 {
-    Py_buffer keys, band;
-    unsigned long lo, hi;
-    if (!PyArg_ParseTuple(args, "y*kkw*", &keys, &lo, &hi, &band))
+    PyObject *okeys, *olo, *ohi, *oband;
+    if (!PyArg_ParseTuple(args, "OOOO", &okeys, &olo, &ohi, &oband))
         return NULL;
+    uint32_t lo, hi;
+    if (get_lo_hi(olo, ohi, &lo, &hi) < 0)
+        return NULL;
+    Py_buffer keys = {0}, band = {0};
     PyObject *res = NULL;
-    if (check_items(&keys, 4, "keys") < 0 || check_items(&band, 4, "band_out") < 0)
+    if (get_buf(okeys, &keys, 'I', 4, 0, "keys") < 0 || get_buf(oband, &band, 'I', 4, 1, "band_out") < 0)
         goto done;
     if (band.len < keys.len) {
         PyErr_SetString(PyExc_ValueError, "band_out must be at least as long as keys");
-        goto done;
-    }
-    if (lo > 0xFFFFFFFFul || hi > 0xFFFFFFFFul || hi < lo) {
-        PyErr_SetString(PyExc_ValueError, "lo and hi must be uint32 keys with lo <= hi");
         goto done;
     }
     uint64_t n_le = 0;
     Py_ssize_t nb = 0;
     uint32_t mx;
     Py_BEGIN_ALLOW_THREADS
-    mx = stream_u32((const uint32_t *)keys.buf, keys.len / 4, (uint32_t)lo, (uint32_t)hi, &n_le,
-                    (uint32_t *)band.buf, &nb);
+    mx = stream_u32((const unsigned char *)keys.buf, keys.len / 4, lo, hi, &n_le, (unsigned char *)band.buf, &nb);
     Py_END_ALLOW_THREADS
     res = Py_BuildValue("KnK", (unsigned long long)n_le, nb, (unsigned long long)mx);
 done:
-    PyBuffer_Release(&keys);
-    PyBuffer_Release(&band);
+    release(&keys);
+    release(&band);
     return res;
 }
 
-/* mask_apply(w, mask, t_key, apply) and apply(w, mask): one float32 buffer and one byte per weight. */
-static PyObject *weights_and_mask(PyObject *args, int with_threshold)
+static PyObject *py_stream_w(PyObject *self, PyObject *args)
 {
-    Py_buffer w, mask;
-    unsigned long t_key = 0;
-    int apply = 1;
-    int ok = with_threshold ? PyArg_ParseTuple(args, "w*w*kp", &w, &mask, &t_key, &apply)
-                            : PyArg_ParseTuple(args, "w*y*", &w, &mask);
-    if (!ok)
+    PyObject *okeys, *oncols, *owi, *owl, *olo, *ohi, *oband, *obw;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO", &okeys, &oncols, &owi, &owl, &olo, &ohi, &oband, &obw))
         return NULL;
+    uint32_t lo, hi;
+    unsigned long long ncols, w_int, w_last;
+    if (get_lo_hi(olo, ohi, &lo, &hi) < 0 || get_uint(oncols, SIZE_MAX_PY, &ncols, "ncols") < 0 ||
+        get_uint(owi, 1ull << 40, &w_int, "w_int") < 0 || get_uint(owl, 1ull << 40, &w_last, "w_last") < 0)
+        return NULL;
+    Py_buffer keys = {0}, band = {0}, bw = {0};
     PyObject *res = NULL;
-    if (check_items(&w, 4, "w") < 0)
+    if (get_buf(okeys, &keys, 'I', 4, 0, "keys") < 0 || get_buf(oband, &band, 'I', 4, 1, "band_out") < 0 ||
+        get_buf(obw, &bw, 'q', 8, 1, "band_w_out") < 0)
+        goto done;
+    const Py_ssize_t n = keys.len / 4;
+    if (ncols == 0 || n % (Py_ssize_t)ncols != 0) {
+        PyErr_Format(PyExc_ValueError, "ncols must divide the number of keys (%zd); got %llu", n, ncols);
+        goto done;
+    }
+    if ((w_int > w_last ? w_int : w_last) > (1ull << 62) / (unsigned long long)(n + 1)) {
+        PyErr_SetString(PyExc_ValueError, "w_int and w_last times the number of keys must stay below 2**62");
+        goto done;
+    }
+    if (band.len / 4 < n || bw.len / 8 < n) {
+        PyErr_SetString(PyExc_ValueError, "band_out and band_w_out must hold at least as many items as keys");
+        goto done;
+    }
+    uint64_t n_le = 0;
+    Py_ssize_t nb = 0;
+    uint32_t mx;
+    Py_BEGIN_ALLOW_THREADS
+    mx = stream_weighted((const unsigned char *)keys.buf, n, (Py_ssize_t)ncols, w_int, w_last, lo, hi, &n_le,
+                         (unsigned char *)band.buf, (unsigned char *)bw.buf, &nb);
+    Py_END_ALLOW_THREADS
+    res = Py_BuildValue("KnK", (unsigned long long)n_le, nb, (unsigned long long)mx);
+done:
+    release(&keys);
+    release(&band);
+    release(&bw);
+    return res;
+}
+
+static PyObject *py_mask_apply(PyObject *self, PyObject *args)
+{
+    PyObject *ow, *om, *ot;
+    int apply;
+    if (!PyArg_ParseTuple(args, "OOOp", &ow, &om, &ot, &apply))
+        return NULL;
+    unsigned long long t_key;
+    if (get_uint(ot, 0xFFFFFFFFull, &t_key, "t_key") < 0)
+        return NULL;
+    Py_buffer w = {0}, mask = {0};
+    PyObject *res = NULL;
+    if (get_buf(ow, &w, 'f', 4, apply, "w") < 0 || get_buf(om, &mask, '?', 1, 1, "mask") < 0)
         goto done;
     if (mask.len != w.len / 4) {
         PyErr_SetString(PyExc_ValueError, "mask must have one byte per float32 weight");
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    if (with_threshold)
-        mask_apply_f32((float *)w.buf, (uint8_t *)mask.buf, mask.len, (uint32_t)t_key, apply);
-    else
-        apply_f32((float *)w.buf, (const uint8_t *)mask.buf, mask.len);
+    mask_apply_f32((unsigned char *)w.buf, (unsigned char *)mask.buf, mask.len, (uint32_t)t_key, apply);
     Py_END_ALLOW_THREADS
     Py_INCREF(Py_None);
     res = Py_None;
 done:
-    PyBuffer_Release(&w);
-    PyBuffer_Release(&mask);
+    release(&w);
+    release(&mask);
     return res;
 }
 
-static PyObject *py_mask_apply(PyObject *self, PyObject *args) { return weights_and_mask(args, 1); }
+static PyObject *py_apply(PyObject *self, PyObject *args)
+{
+    PyObject *ow, *om;
+    if (!PyArg_ParseTuple(args, "OO", &ow, &om))
+        return NULL;
+    Py_buffer w = {0}, mask = {0};
+    PyObject *res = NULL;
+    if (get_buf(ow, &w, 'f', 4, 1, "w") < 0 || get_buf(om, &mask, '?', 1, 0, "mask") < 0)
+        goto done;
+    if (mask.len != w.len / 4) {
+        PyErr_SetString(PyExc_ValueError, "mask must have one byte per float32 weight");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    apply_f32((unsigned char *)w.buf, (const unsigned char *)mask.buf, mask.len);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    release(&w);
+    release(&mask);
+    return res;
+}
 
-static PyObject *py_apply(PyObject *self, PyObject *args) { return weights_and_mask(args, 0); }
+/* rows, D, m, L as checked sizes; the weights hold rows * D items */
+static int get_geometry(PyObject *const *o, Py_ssize_t n_items, unsigned long long g[4])
+{
+    static const char *names[4] = {"rows", "D", "m", "L"};
+    for (int i = 0; i < 4; i++)
+        if (get_uint(o[i], SIZE_MAX_PY, &g[i], names[i]) < 0)
+            return -1;
+    if (g[2] == 0 || g[3] == 0 || (g[1] != 0 && g[0] > SIZE_MAX_PY / g[1]) || (Py_ssize_t)(g[0] * g[1]) != n_items) {
+        PyErr_Format(PyExc_ValueError, "block geometry (rows=%llu, D=%llu, m=%llu, L=%llu) does not match %zd weights",
+                     g[0], g[1], g[2], g[3], n_items);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_block_scores(PyObject *self, PyObject *args)
+{
+    PyObject *ow, *o[4], *oout;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &ow, &o[0], &o[1], &o[2], &o[3], &oout))
+        return NULL;
+    Py_buffer w = {0}, out = {0};
+    PyObject *res = NULL;
+    unsigned long long g[4];
+    if (get_buf(ow, &w, 'f', 4, 0, "w") < 0 || get_buf(oout, &out, 'f', 4, 1, "out") < 0)
+        goto done;
+    if (get_geometry(o, w.len / 4, g) < 0)
+        goto done;
+    if (out.len / 4 != (Py_ssize_t)(((g[0] + g[2] - 1) / g[2]) * ((g[1] + g[3] - 1) / g[3]))) {
+        PyErr_SetString(PyExc_ValueError, "out must hold one float32 per block");
+        goto done;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = block_scores_f32((const unsigned char *)w.buf, (Py_ssize_t)g[0], (Py_ssize_t)g[1], (Py_ssize_t)g[2],
+                          (Py_ssize_t)g[3], (unsigned char *)out.buf);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    release(&w);
+    release(&out);
+    return res;
+}
+
+static PyObject *py_block_mask_apply(PyObject *self, PyObject *args)
+{
+    PyObject *ow, *om, *ok, *o[4], *ot;
+    int apply;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOp", &ow, &om, &ok, &o[0], &o[1], &o[2], &o[3], &ot, &apply))
+        return NULL;
+    unsigned long long t_key, g[4];
+    if (get_uint(ot, 0xFFFFFFFFull, &t_key, "t_key") < 0)
+        return NULL;
+    Py_buffer w = {0}, mask = {0}, keys = {0};
+    PyObject *res = NULL;
+    if (get_buf(ow, &w, 'f', 4, apply, "w") < 0 || get_buf(om, &mask, '?', 1, 1, "mask") < 0 ||
+        get_buf(ok, &keys, 'I', 4, 0, "keys") < 0)
+        goto done;
+    if (get_geometry(o, w.len / 4, g) < 0)
+        goto done;
+    if (mask.len != w.len / 4 ||
+        keys.len / 4 != (Py_ssize_t)(((g[0] + g[2] - 1) / g[2]) * ((g[1] + g[3] - 1) / g[3]))) {
+        PyErr_SetString(PyExc_ValueError, "mask must have one byte per weight and keys one item per block");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    block_mask_apply_f32((unsigned char *)w.buf, (unsigned char *)mask.buf, (const unsigned char *)keys.buf,
+                         (Py_ssize_t)g[0], (Py_ssize_t)g[1], (Py_ssize_t)g[2], (Py_ssize_t)g[3], (uint32_t)t_key,
+                         apply);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    release(&w);
+    release(&mask);
+    release(&keys);
+    return res;
+}
 
 static PyObject *py_set_avx2(PyObject *self, PyObject *args)
 {
@@ -265,8 +607,13 @@ static PyMethodDef methods[] = {
     {"set_avx2", py_set_avx2, METH_VARARGS, "set_avx2(flag) -> previous: allow the AVX2 stream (tests)"},
     {"has_avx2", py_has_avx2, METH_NOARGS, "has_avx2() -> whether the AVX2 stream can run here"},
     {"stream", py_stream, METH_VARARGS, "stream(keys, lo, hi, band_out) -> (n_le, n_band, max_key)"},
+    {"stream_w", py_stream_w, METH_VARARGS,
+     "stream_w(keys, ncols, w_int, w_last, lo, hi, band_out, band_w_out) -> (n_le, n_band, max_key)"},
     {"mask_apply", py_mask_apply, METH_VARARGS, "mask_apply(w, mask, t_key, apply) -> None"},
     {"apply", py_apply, METH_VARARGS, "apply(w, mask) -> None"},
+    {"block_scores", py_block_scores, METH_VARARGS, "block_scores(w, rows, D, m, L, out) -> None"},
+    {"block_mask_apply", py_block_mask_apply, METH_VARARGS,
+     "block_mask_apply(w, mask, keys, rows, D, m, L, t_key, apply) -> None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -60,7 +60,7 @@ def fill_masks(
     for name, w in weights.items():
         t = thresholds.get(name, threshold)
         src = None if sources is None else sources.get(name)
-        scores = src.values if src is not None and src.counts is not None else None
+        scores = src.values if src is not None and src.weighted else None
         mask_from_threshold(w, np.float32(t), block, masks[name], apply=apply, scores=scores)
 
 

@@ -18,31 +18,86 @@ def uses_blocks(shape: Tuple[int, ...], block: Tuple[int, int]) -> bool:
     return len(shape) >= 2 and tuple(block) != (1, 1)
 
 
-def _block_edges(size: int, step: int) -> np.ndarray:
-    return np.arange(0, size, step, dtype=np.int64)
+def _geometry(shape: Tuple[int, ...], block: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """(rows, D, m, L): the tensor as rows x D with D = d1 * trailing size; a block is m rows x L = n * trailing."""
+    rest = int(np.prod(shape[2:], dtype=np.int64))
+    return int(shape[0]), int(shape[1]) * rest, int(block[0]), int(block[1]) * rest
+
+
+def _edges(size: int, step: int) -> np.ndarray:
+    """Lengths of the pieces of ``size`` cut every ``step`` (the last may be shorter)."""
+    n = -(-size // step)
+    out = np.full(n, step, np.int64)
+    if n:
+        out[-1] = size - step * (n - 1)
+    return out
+
+
+def _grid(shape: Tuple[int, ...], block: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """(rows per block row, elements per block column and row): block (I, J) holds rows[I] * cols[J] elements."""
+    rows, D, m, L = _geometry(shape, block)
+    return _edges(rows, m), _edges(D, L)
+
+
+def _block_sums_numpy(w2: np.ndarray, m: int, L: int, out: np.ndarray) -> None:
+    """The C kernel's block means in numpy, in the same order: float64 column sums over a block's rows (row
+    order), then the block's columns added left to right. Works on a few block rows at a time."""
+    rows, D = w2.shape
+    rows_n, cols_n = _edges(rows, m), _edges(D, L)
+    nbj_full = D // L
+    per = max(1, (1 << 18) // max(D, 1))  # block rows per piece: bounded scratch memory
+    for I0 in range(0, rows_n.size, per):
+        I1 = min(I0 + per, rows_n.size)
+        groups = [(I0, I1)] if rows_n[I1 - 1] == m else [(I0, I1 - 1), (I1 - 1, I1)]
+        for g0, g1 in groups:
+            if g1 <= g0:
+                continue
+            nr = int(rows_n[g0])
+            part = w2[g0 * m:g0 * m + (g1 - g0) * nr].reshape(g1 - g0, nr, D)
+            acc = np.abs(part[:, 0, :]).astype(np.float64)
+            for r in range(1, nr):
+                acc += np.abs(part[:, r, :])
+            sums = np.empty((g1 - g0, cols_n.size), np.float64)
+            if nbj_full:
+                full = acc[:, :nbj_full * L].reshape(g1 - g0, nbj_full, L)
+                s = full[:, :, 0].copy()
+                for c in range(1, L):
+                    s += full[:, :, c]
+                sums[:, :nbj_full] = s
+            if nbj_full < cols_n.size:
+                s = acc[:, nbj_full * L].copy()
+                for c in range(nbj_full * L + 1, D):
+                    s += acc[:, c]
+                sums[:, nbj_full] = s
+            out[g0:g1] = (sums / (nr * cols_n)[None, :]).astype(np.float32)
 
 
 def block_scores(w: np.ndarray, block: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """Mean |w| per block and the element count per block, both shaped (ceil(d0/m), ceil(d1/n)).
 
-    Axes beyond the second belong to the block; edge blocks may be smaller. Sums run in float64 and
-    the mean is rounded to float32, the dtype every score is compared in.
+    Axes beyond the second belong to the block; edge blocks may be smaller. Sums run in float64 (over the
+    block's rows first, then its columns) and the mean is rounded to float32, the dtype every score is
+    compared in.
 
     >>> import numpy as np
     >>> s, c = block_scores(np.arange(6, dtype=np.float32).reshape(3, 2), (2, 2))
     >>> s.tolist(), c.tolist()
     ([[1.5], [4.5]], [[4], [2]])
     """
-    d0, d1 = w.shape[0], w.shape[1]
-    rest = int(np.prod(w.shape[2:], dtype=np.int64))
-    m, n = block
-    per_cell = np.abs(w.reshape(d0, d1, rest)).sum(axis=2, dtype=np.float64)
-    r0, r1 = _block_edges(d0, m), _block_edges(d1, n)
-    sums = np.add.reduceat(np.add.reduceat(per_cell, r0, axis=0), r1, axis=1)
-    rows = np.diff(np.append(r0, d0))
-    cols = np.diff(np.append(r1, d1))
-    counts = rows[:, None] * cols[None, :] * rest
-    return (sums / counts).astype(np.float32), counts
+    rows_n, cols_n = _grid(w.shape, block)
+    return _block_score_array(w, block), rows_n[:, None] * cols_n[None, :]
+
+
+def _block_score_array(w: np.ndarray, block: Tuple[int, int]) -> np.ndarray:
+    rows, D, m, L = _geometry(w.shape, block)
+    out = np.empty((-(-rows // m), -(-w.shape[1] // block[1])), np.float32)
+    w2 = w.reshape(rows, D)
+    if kernels.enabled() and w.dtype == np.float32 and w.dtype.isnative and w2.flags.c_contiguous \
+            and w2.flags.aligned:
+        kernels.block_scores(w2, m, L, out)
+    else:
+        _block_sums_numpy(np.ascontiguousarray(w2, dtype=np.float32), m, L, out)
+    return out
 
 
 def expand_blocks(block_mask: np.ndarray, shape: Tuple[int, ...], block: Tuple[int, int]) -> np.ndarray:
@@ -53,10 +108,10 @@ def expand_blocks(block_mask: np.ndarray, shape: Tuple[int, ...], block: Tuple[i
 
 
 def score_source(w: np.ndarray, block: Tuple[int, int], name: str = "") -> ScoreSource:
-    """The selection source for one tensor: the weights themselves, or its block scores."""
+    """The selection source for one tensor: the weights themselves, or its block scores (1/(m*n) of the
+    weights' size; what each score stands for is kept as two short vectors, never expanded)."""
     if uses_blocks(w.shape, block):
-        scores, counts = block_scores(w, block)
-        return ScoreSource(scores, counts, name)
+        return ScoreSource(_block_score_array(w, block), None, name, grid=_grid(w.shape, block))
     return ScoreSource(w, None, name)
 
 
@@ -78,10 +133,8 @@ def mask_from_threshold(
     t = np.float32(threshold)
     if uses_blocks(w.shape, block):
         if scores is None:
-            scores, _ = block_scores(w, block)
-        out[...] = expand_blocks(~(scores < t), w.shape, block)
-        if apply:
-            np.multiply(w, out, out=w)
+            scores = _block_score_array(w, block)
+        _block_mask(w, np.ascontiguousarray(scores, np.float32), t, block, out, apply)
         return out
     if w.dtype != np.float32 or not w.flags.c_contiguous:
         keys = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32) & _ABS
@@ -104,6 +157,33 @@ def mask_from_threshold(
         if apply:
             np.multiply(flat_w[a:b], m, out=flat_w[a:b])
     return out
+
+
+def _block_mask(w: np.ndarray, scores: np.ndarray, t: np.float32, block: Tuple[int, int], out: np.ndarray,
+                apply: bool) -> None:
+    """out = (block score >= t) over every element of its block; w *= out with ``apply``. No full-size
+    temporary: the C kernel writes the mask row by row, the numpy code a few block rows at a time."""
+    rows, D, m, L = _geometry(w.shape, block)
+    keys = scores.reshape(scores.shape[0], -1).view(np.uint32)
+    if kernels.eligible(w, out) and out.flags.c_contiguous:
+        kernels.block_mask_apply(w.reshape(rows, D), out.reshape(rows, D), keys, m, L, int(_key(t)), apply)
+        return
+    keep = ~(scores < t)  # per block: a NaN score is kept
+    per = max(1, (1 << 18) // max(D, 1))
+    w2 = w.reshape(rows, D) if w.flags.c_contiguous else None
+    for I0 in range(0, keep.shape[0], per):
+        I1 = min(I0 + per, keep.shape[0])
+        r0, r1 = I0 * m, min(I1 * m, rows)
+        piece = np.repeat(np.repeat(keep[I0:I1], m, axis=0)[: r1 - r0], L, axis=1)[:, :D]
+        if out.flags.c_contiguous:
+            out.reshape(rows, D)[r0:r1] = piece
+        else:
+            out[r0:r1] = piece.reshape((r1 - r0,) + tuple(w.shape[1:]))
+        if apply:
+            if w2 is not None:
+                np.multiply(w2[r0:r1], piece, out=w2[r0:r1])
+            else:
+                w[r0:r1] *= piece.reshape((r1 - r0,) + tuple(w.shape[1:]))
 
 
 def _key(t: np.float32) -> np.uint32:

@@ -25,7 +25,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import kernels
+from . import kernels, threads
 
 __all__ = ["ScoreSource", "kth_smallest", "prune_count", "ratio_threshold", "NonFiniteScoreError"]
 
@@ -42,11 +42,18 @@ class NonFiniteScoreError(ValueError):
 
 @dataclass(frozen=True)
 class ScoreSource:
-    """Scores of one tensor: ``values`` (any float dtype; sign ignored) and optional ``counts``."""
+    """Scores of one tensor: ``values`` (any float dtype; sign ignored) and what each score stands for.
+
+    ``counts``: an int array shaped like ``values`` (score i stands for counts[i] elements), or ``grid``:
+    (row_counts, col_counts) with score (i, j) of a 2-D ``values`` standing for row_counts[i] * col_counts[j]
+    elements (block scores: every block but the last row / column has the same size, so nothing of the
+    values' size is stored). Neither: each score is one element.
+    """
 
     values: np.ndarray
     counts: Optional[np.ndarray] = None
     name: str = ""
+    grid: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
     def keys_array(self) -> np.ndarray:
         """The uint32 view (no copy for contiguous float32) the chunks are cut from."""
@@ -56,8 +63,24 @@ class ScoreSource:
         return np.ascontiguousarray(v).reshape(-1).view(np.uint32)
 
     @property
+    def weighted(self) -> bool:
+        return self.counts is not None or self.grid is not None
+
+    @property
     def total(self) -> int:
+        if self.grid is not None:
+            return int(self.grid[0].sum()) * int(self.grid[1].sum())
         return int(self.values.size if self.counts is None else self.counts.sum())
+
+    def counts_range(self, a: int, b: int) -> Optional[np.ndarray]:
+        """int64 counts of the flat scores [a, b) (None when unweighted)."""
+        if self.counts is not None:
+            return self.counts.reshape(-1)[a:b].astype(np.int64, copy=False)
+        if self.grid is None:
+            return None
+        rows, cols = self.grid
+        idx = np.arange(a, b, dtype=np.int64)
+        return rows[idx // cols.size].astype(np.int64) * cols[idx % cols.size].astype(np.int64)
 
 
 def prune_count(n: int, ratio: float) -> int:
@@ -82,22 +105,23 @@ def _check_finite(max_key: int, name: str) -> None:
 def _select_in(keys: np.ndarray, counts: Optional[np.ndarray], r: int) -> int:
     """r-th (0-based) smallest key of a small array (the band, or a tiny model), each key repeated counts[i] times.
 
-    The repeated array has as many items as the elements the keys stand for, which is small here."""
-    if counts is not None:
-        keys = np.repeat(keys, counts)
-    return int(np.partition(keys, r)[r])
+    Weighted: the small band is ordered and its counts accumulated (nothing the size of the elements is built)."""
+    if counts is None:
+        return int(np.partition(keys, r)[r])
+    order = np.argsort(keys, kind="stable")
+    cum = np.cumsum(counts[order])
+    return int(keys[order[int(np.searchsorted(cum, r, side="right"))]])
 
 
 def _direct(sources: Sequence[ScoreSource], k: int) -> int:
     keys = np.concatenate([s.keys_array() & _ABS for s in sources])
     if keys.size:
         _check_finite(int(keys.max()), "")
-    if all(s.counts is None for s in sources):
+    if not any(s.weighted for s in sources):
         return _select_in(keys, None, k)
-    counts = np.concatenate(
-        [np.ones(s.values.size, np.int64) if s.counts is None else s.counts.reshape(-1).astype(np.int64)
-         for s in sources]
-    )
+    counts = np.concatenate([
+        np.ones(s.values.size, np.int64) if not s.weighted else s.counts_range(0, s.values.size) for s in sources
+    ])
     return _select_in(keys, counts, k)
 
 
@@ -161,62 +185,102 @@ def _above(sample: np.ndarray, key: int, q: float) -> int:
     return int(_INF_KEY) if v <= key else v
 
 
+def _tasks(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], chunk: int, use_c: bool):
+    """Flat ranges (source index, start, end) covering every score once, in order. Block sources on the C
+    path are cut at block-row boundaries, the last (smaller) block row on its own."""
+    out = []
+    for i, (src, keys) in enumerate(zip(sources, key_arrays)):
+        if use_c and src.grid is not None:
+            nbj = src.grid[1].size
+            n_full = keys.size - nbj  # all block rows but the last have the same row count
+            step = max(1, chunk // nbj) * nbj
+            out += [(i, a, min(a + step, n_full)) for a in range(0, n_full, step)] + [(i, n_full, keys.size)]
+        else:
+            out += [(i, a, b) for a, b in _chunks(keys, chunk)]
+    return out
+
+
+class _Pass:
+    """One streaming pass over a list of tasks with its own buffers: (n_le, band keys, band counts, max keys)."""
+
+    def __init__(self, sources, key_arrays, lo: int, hi: int, weighted: bool, use_c: bool, size: int):
+        self.sources, self.key_arrays, self.lo, self.hi = sources, key_arrays, lo, hi
+        self.weighted, self.use_c = weighted, use_c
+        self.buf = np.empty(size, np.uint32)
+        self.wbuf = np.empty(size, np.int64) if use_c and weighted else None
+        self.tmp = None if use_c else (np.empty(size, np.uint32), np.empty(size, bool), np.empty(size, bool))
+
+    def run(self, tasks) -> Tuple[int, List[np.ndarray], List[np.ndarray], List[int]]:
+        n_le, keys_out, counts_out, maxes = 0, [], [], []
+        for i, a, b in tasks:
+            c_le, band, counts, mx = self._one(self.sources[i], self.key_arrays[i][a:b], a, b)
+            n_le += c_le
+            maxes.append(mx)
+            if band.size:
+                keys_out.append(band)
+                if self.weighted:
+                    counts_out.append(counts if counts is not None else np.ones(band.size, np.int64))
+        return n_le, keys_out, counts_out, maxes
+
+    def _one(self, src: ScoreSource, keys: np.ndarray, a: int, b: int):
+        lo, hi, n = self.lo, self.hi, b - a
+        if self.use_c and src.counts is None:
+            if src.grid is None:
+                c_le, nb, mx = kernels.stream(keys, lo, hi, self.buf)
+                return c_le, self.buf[:nb].copy(), None, mx
+            rows, cols = src.grid
+            rw = int(rows[a // cols.size])
+            c_le, nb, mx = kernels.stream_w(keys, cols.size, rw * int(cols[0]), rw * int(cols[-1]), lo, hi,
+                                            self.buf, self.wbuf)
+            return c_le, self.buf[:nb].copy(), self.wbuf[:nb].copy(), mx
+        buf, le_m, band_m = self.tmp if self.tmp is not None else (
+            np.empty(n, np.uint32), np.empty(n, bool), np.empty(n, bool))
+        key = np.bitwise_and(keys, _ABS, out=buf[:n])
+        mx = int(key.max()) if n else 0
+        le = np.less_equal(key, np.uint32(lo), out=le_m[:n])
+        c = src.counts_range(a, b)
+        c_le = int(np.count_nonzero(le)) if c is None else int(c[le].sum())
+        if hi <= lo:
+            return c_le, key[:0], None, mx
+        # key - (lo + 1) wraps around for key <= lo, so one unsigned compare finds lo < key <= hi
+        shifted = np.subtract(key, np.uint32(lo + 1))
+        dm = np.less_equal(shifted, np.uint32(hi - lo - 1), out=band_m[:n])
+        return c_le, key[dm], None if c is None else c[dm], mx
+
+
 def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int, chunk: int):
-    """One pass: how many elements have key <= lo, and the keys (with counts) in (lo, hi]."""
-    buf = np.empty(chunk, np.uint32)
-    shifted = np.empty(chunk, np.uint32)
-    le_m = np.empty(chunk, bool)
-    band_m = np.empty(chunk, bool)
-    lo_k = np.uint32(lo)
-    start, width = np.uint32(lo + 1), np.uint32(hi - lo - 1) if hi > lo else None
-    n_le = 0
-    band_keys: List[np.ndarray] = []
-    band_counts: List[np.ndarray] = []
-    weighted = any(s.counts is not None for s in sources)
-    fast = kernels.enabled()
-    for src, keys in zip(sources, key_arrays):
-        counts = None if src.counts is None else src.counts.reshape(-1)
-        for a, b in _chunks(keys, chunk):
-            n = b - a
-            if fast and counts is None:  # the same loop in one C pass
-                c_le, nb, max_key = kernels.stream(keys[a:b], lo, hi, buf)
-                _check_finite(max_key, src.name)
-                n_le += c_le
-                if nb:
-                    band_keys.append(buf[:nb].copy())
-                    if weighted:
-                        band_counts.append(np.ones(nb, np.int64))
-                continue
-            key = np.bitwise_and(keys[a:b], _ABS, out=buf[:n])
-            _check_finite(int(key.max()), src.name)
-            le = np.less_equal(key, lo_k, out=le_m[:n])
-            c = None if counts is None else counts[a:b]
-            n_le += int(np.count_nonzero(le)) if c is None else int(c[le].sum())
-            if width is None:
-                continue
-            # key - (lo + 1) wraps around for key <= lo, so one unsigned compare finds lo < key <= hi
-            dm = np.less_equal(np.subtract(key, start, out=shifted[:n]), width, out=band_m[:n])
-            band_keys.append(key[dm])
-            if c is not None:
-                band_counts.append(c[dm].astype(np.int64))
-            elif weighted:
-                band_counts.append(np.ones(band_keys[-1].size, np.int64))
+    """One pass: how many elements have key <= lo, and the keys (with counts) in (lo, hi].
+
+    On the C path the tasks are split into contiguous groups, one per thread; results are combined in task
+    order, so the band and the count do not depend on the thread count."""
+    use_c = kernels.enabled() and all(
+        kernels.keys_eligible(k) and (s.counts is None) for s, k in zip(sources, key_arrays))
+    tasks = _tasks(sources, key_arrays, chunk, use_c)
+    weighted = any(s.weighted for s in sources)
+    size = max([b - a for _, a, b in tasks] + [1])
+    groups = [tasks]
+    if use_c and threads.num_threads() > 1 and len(tasks) > 1:
+        bounds = threads.split(len(tasks), min(threads.num_threads(), len(tasks)))
+        groups = [tasks[bounds[j]:bounds[j + 1]] for j in range(len(bounds) - 1) if bounds[j + 1] > bounds[j]]
+    results = threads.run_parts(
+        lambda g: _Pass(sources, key_arrays, lo, hi, weighted, use_c, size).run(g), groups)
+    n_le, band_keys, band_counts = 0, [], []
+    maxes: List[int] = []
+    for c_le, ks, cs, mx in results:
+        n_le += c_le
+        band_keys += ks
+        band_counts += cs
+        maxes += mx
+    for (i, _, _), mx in zip(tasks, maxes):
+        _check_finite(mx, sources[i].name)
     keys_out = np.concatenate(band_keys) if band_keys else np.empty(0, np.uint32)
-    counts_out = np.concatenate(band_counts) if weighted and band_counts else None
+    counts_out = (np.concatenate(band_counts) if band_counts else np.empty(0, np.int64)) if weighted else None
     return n_le, keys_out, counts_out
 
 
 def _count_below(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], key: int, chunk: int) -> int:
     """How many elements have a key < ``key``."""
-    buf = np.empty(chunk, np.uint32)
-    m = np.empty(chunk, bool)
-    total = 0
-    for src, keys in zip(sources, key_arrays):
-        counts = None if src.counts is None else src.counts.reshape(-1)
-        for a, b in _chunks(keys, chunk):
-            lt = np.less(np.bitwise_and(keys[a:b], _ABS, out=buf[: b - a]), np.uint32(key), out=m[: b - a])
-            total += int(np.count_nonzero(lt)) if counts is None else int(counts[a:b][lt].sum())
-    return total
+    return 0 if key <= 0 else _stream(sources, key_arrays, key - 1, key - 1, chunk)[0]
 
 
 def kth_smallest(
