@@ -1,7 +1,11 @@
-"""The paddleslim-demo command: trains, prunes to 90% with GMP, reports, exports; digits and MNIST IDX input."""
+"""The paddleslim-demo command: trains, prunes to 90% with GMP, reports, saves, exports; digits and MNIST IDX input."""
 import gzip
+import json
+import os
 import re
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,16 +13,24 @@ import pytest
 from paddleslim_tools import demo
 
 
+def _has(module):
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
 
 def _has_export():
     try:
-        from paddleslim_tools.export import export_layer  # noqa: F401
+        from paddleslim_tools.export import export_checkpoint, export_layer  # noqa: F401
     except ImportError:
         return False
     return True
 
 
 HAS_EXPORT = _has_export()
+HAS_MPL = _has("matplotlib")
 
 
 def _parse(text):
@@ -30,26 +42,41 @@ def _parse(text):
     return int(m.group(1)), float(m.group(2)), float(m.group(3)), float(dense.group(1)), float(acc.group(1))
 
 
-def test_digits_run_prunes_to_90_percent_and_keeps_accuracy(capsys):
-    rc = demo.main(["--epochs", "3", "--no-export", "--seed", "1"])
+def test_digits_run_prunes_to_90_percent_and_writes_its_files(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    rc = demo.main(["--epochs", "3", "--no-export", "--no-plots", "--seed", "1", "--out-dir", str(out_dir)])
     text = capsys.readouterr().out
     assert rc == 0
     n_params, dens, spars, dense_acc, sparse_acc = _parse(text)
     assert n_params == 4  # 2 conv + 2 linear weights; biases and BatchNorm skipped
-    assert dens == pytest.approx(0.10, abs=0.005)
-    assert spars == pytest.approx(0.90, abs=0.005)
-    assert dense_acc > 0.85
-    assert sparse_acc > 0.90
+    assert dens == pytest.approx(0.10, abs=0.005) and spars == pytest.approx(0.90, abs=0.005)
+    assert dense_acc > 0.85 and sparse_acc > 0.90
     # per-epoch progress shows the schedule reaching the target ratio
     ratios = [float(r) for r in re.findall(r"ratio ([0-9.]+)", text)]
     assert ratios[0] < 0.9 and ratios[-1] == pytest.approx(0.9)
-    # the per-layer table marks the skipped parameters dense
-    assert re.search(r"batch_norm2d_\d+\.w_0\s+16\s+1\.0000\s+no", text)
-    assert re.search(r"linear_\d+\.w_0\s+512x64\s+0\.\d+\s+yes", text)
+    # the per-layer table marks the skipped parameters dense, the pruned ones with the threshold
+    assert re.search(r"batch_norm2d_\d+\.w_0\s+1\.weight\s+16\s+1\.0000\s+-\s+no", text)
+    assert re.search(r"linear_\d+\.w_0\s+7\.weight\s+512x64\s+0\.\d+\s+0\.\d+\s+yes", text)
+    assert sorted(os.listdir(out_dir)) == ["digits_cnn.pdparams", "results.json", "sparsity.json", "sparsity.txt"]
+    res = json.loads((out_dir / "results.json").read_text())
+    assert res["sparse_accuracy"] == pytest.approx(sparse_acc, abs=1e-4) and res["export_ok"] is None
+    assert res["dataset"] == "digits" and "paddleslim_tools.demo:digits_cnn" in res["export_command"]
+    rep = json.loads((out_dir / "sparsity.json").read_text())
+    assert rep["prunable_density"] == pytest.approx(dens, abs=1e-4)
+    assert rep["accuracy"]["dense"] == pytest.approx(dense_acc, abs=1e-4)
+    assert rep["history"]["schedule"][-1][1] == pytest.approx(0.9) and len(rep["history"]["measured"]) >= 6
+    assert rep["deployment"]["summary"].startswith("Nothing in this model")
+    for path in re.findall(r"wrote \w+: (\S+)", text):
+        assert os.path.isfile(path)
+    # the checkpoint is plain (finalized: no mask entries) and has the pruned zeros
+    import paddle
+    state = paddle.load(str(out_dir / "digits_cnn.pdparams"), return_numpy=True)
+    assert not [k for k in state if k.endswith("_mask")]
+    assert np.count_nonzero(state["7.weight"]) / state["7.weight"].size < 0.2
 
 
-def test_same_seed_same_result(capsys):
-    args = ["--epochs", "1", "--no-export", "-q", "--seed", "7"]
+def test_same_seed_same_result(tmp_path, capsys):
+    args = ["--epochs", "1", "--no-export", "--no-plots", "-q", "--seed", "7", "--out-dir", str(tmp_path)]
     assert demo.main(args) == 0
     first = capsys.readouterr().out
     assert demo.main(args) == 0
@@ -67,14 +94,27 @@ def _write_idx(path, arr, compress=False):
         f.write(header + arr.tobytes())
 
 
-def _toy_mnist(n, rng):
-    """12x12 images: class c lights a 3x3 patch at a class-specific spot, plus noise."""
+def _toy_mnist(n, rng, size=12):
+    """size x size images: class c lights a 3x3 patch at a class-specific spot, plus noise."""
     y = rng.integers(0, 10, n).astype(np.uint8)
-    x = rng.integers(0, 40, (n, 12, 12)).astype(np.uint8)
+    x = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
+    step = size // 4
     for i, c in enumerate(y):
         r, col = divmod(int(c), 4)
-        x[i, 1 + 3 * r:4 + 3 * r, 1 + 3 * col % 12:4 + 3 * col % 12] = 255
+        x[i, 1 + step * r:4 + step * r, 1 + step * col:4 + step * col] = 255
     return x, y
+
+
+def _mnist_dir(path, size, n_train, n_test):
+    rng = np.random.default_rng(0)
+    xtr, ytr = _toy_mnist(n_train, rng, size)
+    xte, yte = _toy_mnist(n_test, rng, size)
+    path.mkdir()
+    _write_idx(path / "train-images-idx3-ubyte.gz", xtr, compress=True)
+    _write_idx(path / "train-labels-idx1-ubyte", ytr)
+    _write_idx(path / "t10k-images.idx3-ubyte", xte)  # the dotted spelling some mirrors use
+    _write_idx(path / "t10k-labels-idx1-ubyte.gz", yte, compress=True)
+    return path
 
 
 def test_read_idx_roundtrip_and_errors(tmp_path):
@@ -90,46 +130,102 @@ def test_read_idx_roundtrip_and_errors(tmp_path):
 
 
 def test_mnist_idx_dir(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    xtr, ytr = _toy_mnist(192, rng)
-    xte, yte = _toy_mnist(64, rng)
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", xtr, compress=True)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte", ytr)
-    _write_idx(tmp_path / "t10k-images.idx3-ubyte", xte)  # the dotted spelling some mirrors use
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", yte, compress=True)
-    data = demo.load_mnist(tmp_path)
+    d = _mnist_dir(tmp_path / "mnist", 12, 192, 64)
+    data = demo.load_mnist(d)
     assert data.x_train.shape == (192, 1, 12, 12) and data.x_train.dtype == np.float32
     assert data.x_train.max() == pytest.approx(1.0) and data.y_test.dtype == np.int64
-    rc = demo.main(["--mnist-dir", str(tmp_path), "--epochs", "3", "--no-export", "--batch-size", "16"])
+    rc = demo.main(["--mnist-dir", str(d), "--epochs", "3", "--no-export", "--no-plots", "--batch-size", "16",
+                    "--out-dir", str(tmp_path / "o")])
     text = capsys.readouterr().out
     assert rc == 0
     assert "dataset: mnist  train 192  test 64  image 12x12" in text
     _, dens, _, _, sparse_acc = _parse(text)
     assert dens == pytest.approx(0.10, abs=0.005)
     assert sparse_acc > 0.5  # trivially separable toy data
+    assert "build_model --kwargs '{\"image_shape\": [12, 12]}'" in text  # the re-export command fits 12x12
 
 
-def test_missing_mnist_files_is_an_error(tmp_path, capsys):
-    assert demo.main(["--mnist-dir", str(tmp_path), "--no-export", "-q"]) == 2
-    assert "train-images-idx3-ubyte" in capsys.readouterr().err
+@pytest.mark.skipif(not HAS_EXPORT, reason="paddleslim_tools.export not available")
+def test_mnist_28x28_exports_faithfully_and_checkpoint_reexports(tmp_path, capsys):
+    """The MNIST network (28x28 -> 14x14 -> 7x7 maps) passes the export check end to end, and the
+    checkpoint the demo writes is accepted by export_checkpoint with the named builder."""
+    import paddle
 
+    from paddleslim_tools.export import export_checkpoint
 
-def test_bad_flags_exit_with_usage_error():
-    with pytest.raises(SystemExit) as e:
-        demo.main(["--epochs", "0"])
-    assert e.value.code == 2
-
-
-@pytest.mark.skipif(not HAS_EXPORT, reason="paddleslim_tools.export.export_layer not available yet")
-def test_export_writes_files(tmp_path, capsys):
-    rc = demo.main(["--epochs", "1", "-q", "--out-dir", str(tmp_path / "out")])
+    d = _mnist_dir(tmp_path / "mnist", 28, 64, 32)
+    out_dir = tmp_path / "o"
+    argv = ["--mnist-dir", str(d), "--epochs", "1", "-q", "--batch-size", "16", "--out-dir", str(out_dir)]
+    if not HAS_MPL:
+        argv.append("--no-plots")
+    rc = demo.main(argv)
     text = capsys.readouterr().out
     assert rc == 0, text
+    assert "verification: passed" in text and "image:1x1x28x28" in text
+    assert "paddleslim_tools.demo:mnist_cnn" in text
     m = re.search(r"exported (\d+) files to (\S+): (.*)", text)
-    assert m, text
-    out_dir = tmp_path / "out"
-    assert m.group(2) == str(out_dir.resolve())
-    names = m.group(3).split(", ")
-    assert len(names) == int(m.group(1)) and "digits_cnn.onnx" in names
-    for name in names:
-        assert (out_dir / name).is_file() and (out_dir / name).stat().st_size > 0
+    assert m and m.group(2) == str((out_dir / "export").resolve())
+    for name in m.group(3).split(", "):
+        assert (out_dir / "export" / name).stat().st_size > 0
+    assert json.loads((out_dir / "results.json").read_text())["export_ok"] is True
+    rep = export_checkpoint(str(out_dir / "mnist_cnn.pdparams"), "paddleslim_tools.demo:mnist_cnn",
+                            [paddle.static.InputSpec([None, 1, 28, 28], "float32", "image")], str(tmp_path / "re"))
+    assert rep.ok
+
+
+@pytest.mark.skipif(not HAS_MPL, reason="matplotlib (the plot extra) not installed")
+def test_plots_written(tmp_path, capsys):
+    assert demo.main(["--epochs", "1", "-q", "--no-export", "--out-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    for name in ("sparsity_density.png", "sparsity_schedule.png", "sparsity_histogram.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def _fails_fast(argv, capsys, needle, tmp_path):
+    before = sorted(os.listdir(tmp_path))
+    rc = demo.main(argv)
+    cap = capsys.readouterr()
+    assert rc == 2, cap
+    assert cap.err.count("\n") == 1 and cap.err.startswith("paddleslim-demo: error:") and needle in cap.err, cap.err
+    assert cap.out == ""  # nothing trained, nothing printed
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--out-dir", "{f}"], "exists and is not a directory"),
+    (["--out-dir", "{f}/sub"], "is not a directory"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "-3"], "--batch-size must be >= 1"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--seed", "-1"], "--seed"),
+    (["--epochs", "abc"], "invalid int value: 'abc'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--mnist-dir", "{d}/nope"], "is not a directory"),
+    (["--mnist-dir", "{d}"], "train-images-idx3-ubyte"),
+])
+def test_every_argument_checked_before_training(tmp_path, capsys, argv, needle):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    argv = [a.format(f=f, d=tmp_path) for a in argv]
+    if "--out-dir" not in argv:
+        argv += ["--out-dir", str(tmp_path / "o")]
+    _fails_fast(argv + ["--no-export", "--no-plots"], capsys, needle, tmp_path)
+
+
+def test_export_dir_clash_checked_before_training(tmp_path, capsys):
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    (out_dir / "export").write_text("x")
+    _fails_fast(["--out-dir", str(out_dir), "--no-plots"], capsys, "export' exists and is not a directory",
+                out_dir)
+
+
+def test_missing_matplotlib_is_one_line_before_training(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from paddleslim_tools.demo import main\n"
+            f"sys.exit(main(['--no-export', '--out-dir', {str(tmp_path / 'o')!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    err = [ln for ln in p.stderr.splitlines() if "paddleslim-demo" in ln]
+    assert p.returncode == 2 and len(err) == 1 and "[plot]" in err[0] and "--no-plots" in err[0], p.stderr
+    assert "epoch" not in p.stdout and not (tmp_path / "o").exists()
