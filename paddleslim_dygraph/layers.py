@@ -243,6 +243,7 @@ class LayerBackend:
         return None
 
     def _before_state_dict(self, names: List[str], state: Dict[str, Any]) -> None:
-        if paddle.in_dynamic_mode():  # the state holds these very tensors: it reads the pruned zeros
+        # the state holds these very tensors, so it reads the pruned zeros; paddle.jit.save asks for it in static mode
+        with contextlib.nullcontext() if paddle.in_dynamic_mode() else paddle.base.dygraph.guard():
             self._apply(names)
         return None
