@@ -175,6 +175,9 @@ class LayerBackend:
         structured = {id(p): k for k, p in self.model.named_parameters()}
         return {n: structured[id(self._owned[n][2])] for n in names}
 
+    def masks_written(self) -> None:
+        pass
+
     def after_apply(self) -> None:
         self._armed = False
 

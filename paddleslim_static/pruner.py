@@ -26,6 +26,7 @@ import paddle
 
 from .core import density as _density
 from .core.params import ParamInfo, is_conv1x1
+from .core.packing import pack_mask, unpack_mask
 from .core.pruner import Pruner
 from .core.schedule import GMPSchedule
 from .mask_pass import MaskPassResult, apply_mask_pass, unmasked_params
@@ -73,8 +74,12 @@ class ProgramBackend:
 
     apply_on_attach = True  # no forward hook in a program: the next exe.run must already see the zeros
 
-    def __init__(self, program: Any, startup_program: Any, scope: Any, place: Any, local: bool) -> None:
+    def __init__(self, program: Any, startup_program: Any, scope: Any, place: Any, local: bool,
+                 packed: bool = True) -> None:
         self.target = program
+        self.packed = packed
+        self._host: Dict[str, np.ndarray] = {}  # packed: the bool masks the core works on
+        self._synced: Dict[str, np.ndarray] = {}  # packed: the bits last read from / written to the scope
         self.program = program
         self.startup_program = startup_program
         self.scope = scope
@@ -102,12 +107,16 @@ class ProgramBackend:
         self.tvars = {n: threshold_var_name(n) for n in names} if self._local else {"": GLOBAL_THRESHOLD_VAR}
         scalars: Dict[str, Any] = {v: float(pruner.threshold) for v in self.tvars.values()}
         scalars[READY_VAR] = False
-        self.pass_result = apply_mask_pass(self.program, self.startup_program, names, scalars)
+        self.pass_result = apply_mask_pass(self.program, self.startup_program, names, scalars, packed=self.packed)
         self.mask_of = dict(self.pass_result.mask_vars)
         shapes = {p.name: p.shape for p in self.param_infos()}
         for n in names:
+            ones = np.ones(shapes[n], dtype=bool)
+            if self.packed:
+                self._host[n] = ones
+                self._synced[n] = pack_mask(ones)
             if not is_initialized(self.scope, self.mask_of[n]):
-                write_scope(self.scope, self.mask_of[n], np.ones(shapes[n], dtype=bool), self.place)
+                write_scope(self.scope, self.mask_of[n], self._synced[n] if self.packed else ones, self.place)
         for v in self.tvars.values():
             if not is_initialized(self.scope, v):
                 write_scope(self.scope, v, np.array(pruner.threshold, dtype=np.float32), self.place)
@@ -122,7 +131,25 @@ class ProgramBackend:
     def open(self, names: Sequence[str]) -> Iterator[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
         mask_names = [self.mask_of[n] for n in names]
         with scope_arrays(self.scope, list(names) + mask_names, self.place) as arrays:
-            yield ({n: arrays[n] for n in names}, {n: arrays[self.mask_of[n]] for n in names})
+            if not self.packed:
+                yield ({n: arrays[n] for n in names}, {n: arrays[self.mask_of[n]] for n in names})
+                return
+            for n in names:  # the scope's bits changed behind our back (startup re-run, paddle.static.load)
+                bits = arrays[self.mask_of[n]]
+                if not np.array_equal(bits, self._synced[n]):
+                    unpack_mask(bits, self._host[n].shape, out=self._host[n])
+                    self._synced[n] = bits.copy()
+            yield ({n: arrays[n] for n in names}, {n: self._host[n] for n in names})
+
+    def masks_written(self) -> None:
+        if not self.packed:
+            return
+        names = list(self._host)
+        with scope_arrays(self.scope, [self.mask_of[n] for n in names], self.place) as arrays:
+            for n in names:
+                bits = pack_mask(self._host[n])
+                arrays[self.mask_of[n]][...] = bits
+                self._synced[n] = bits
 
     def check_step(self) -> None:
         unmasked = unmasked_params(self.program, list(self.mask_of))
@@ -217,20 +244,24 @@ class UnstructuredPruner(Pruner):
         sparse_block: Sequence[int] = (1, 1),
         *,
         startup_program: Any = None,
+        packed_masks: bool = True,
     ) -> None:
         super().__init__(
-            self._bind(program, startup_program, scope, place, local_sparsity), mode=mode, ratio=ratio,
+            self._bind(program, startup_program, scope, place, local_sparsity, packed_masks), mode=mode, ratio=ratio,
             threshold=threshold, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
             local_sparsity=local_sparsity, sparse_block=sparse_block,
         )
 
-    def _bind(self, program: Any, startup_program: Any, scope: Any, place: Any, local: Any) -> ProgramBackend:
+    def _bind(self, program: Any, startup_program: Any, scope: Any, place: Any, local: Any,
+              packed: Any) -> ProgramBackend:
         """Check the program, startup program, scope and place (nothing is changed yet) and make the backend."""
         self.program = check_program(program)
         self.startup_program = _startup_of(self.program, startup_program)
         self.scope = _scope(check_scope(scope))
         self.place = paddle.CPUPlace() if place is None else check_place(place)
-        return ProgramBackend(self.program, self.startup_program, self.scope, self.place, local is True)
+        if not isinstance(packed, bool):
+            raise TypeError(f"packed_masks must be a bool; got {packed!r}")
+        return ProgramBackend(self.program, self.startup_program, self.scope, self.place, local is True, packed)
 
     @property
     def pass_result(self) -> Optional[MaskPassResult]:
@@ -239,7 +270,9 @@ class UnstructuredPruner(Pruner):
 
     @property
     def masks(self) -> Dict[str, str]:
-        """Parameter name -> name of its bool mask variable in the program and the scope."""
+        """Parameter name -> name of its mask variable in the program and the scope (bit-packed uint8 unless the
+        pruner was built with ``packed_masks=False``: then bool of the parameter's shape). :meth:`mask_arrays` gives
+        the bool masks."""
         return dict(self._backend.mask_of)  # type: ignore[attr-defined]
 
     def mask_arrays(self) -> Dict[str, np.ndarray]:
@@ -287,10 +320,12 @@ class GMPUnstructuredPruner(UnstructuredPruner):
         configs: Optional[dict] = None,
         *,
         startup_program: Any = None,
+        packed_masks: bool = True,
     ) -> None:
         schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the program is touched
         Pruner.__init__(
-            self, self._bind(program, startup_program, scope, place, local_sparsity), mode="ratio", ratio=ratio,
+            self, self._bind(program, startup_program, scope, place, local_sparsity, packed_masks), mode="ratio",
+            ratio=ratio,
             prune_params_type=prune_params_type, skip_params_func=skip_params_func, local_sparsity=local_sparsity,
             sparse_block=sparse_block, schedule=schedule,
         )

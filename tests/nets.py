@@ -186,3 +186,11 @@ def copy_weights(model: nn.Layer, scope: Any, place: Any = None) -> None:
 
 def scope_array(scope: Any, name: str) -> np.ndarray:
     return np.array(scope.find_var(name).get_tensor())
+
+
+def scope_mask(scope: Any, var: str, shape) -> np.ndarray:
+    """A mask variable of the scope as a bool array of ``shape`` (bit-packed uint8 masks are unpacked)."""
+    from paddleslim_static.core.packing import unpack_mask
+
+    arr = scope_array(scope, var)
+    return unpack_mask(arr, shape) if arr.dtype == np.uint8 else arr

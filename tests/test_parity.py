@@ -82,7 +82,7 @@ class Static:
         return st.UnstructuredPruner(self.net.main, mode, **kw)
 
     def masks(self, pruner):
-        return {n: scope_array(self.scope, v) for n, v in pruner.masks.items()}
+        return pruner.mask_arrays()
 
     def weights(self):
         return {n: scope_array(self.scope, n) for n in st.UnstructuredPruner.sparse_by_layer(self.net.main, self.scope)}

@@ -86,6 +86,9 @@ class Backend(Protocol):
     def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
         """Parameter name -> the key checkpoints use for it (stable across processes and model instances)."""
 
+    def masks_written(self) -> None:
+        """Called after the core wrote new masks into the arrays of :meth:`open` (static: pack them to the scope)."""
+
     def after_apply(self) -> None:
         """Called after masks were applied to the weights (dygraph: forwards need not re-apply them)."""
 
@@ -203,6 +206,8 @@ class Pruner:
                     sources = engine.score_sources(weights, self.sparse_block)
                     g, per = self._thresholds_for(weights, ratio, sources)
                 engine.fill_masks(weights, masks, g, per, self.sparse_block, apply=True, sources=sources)
+        if recompute:
+            self._backend.masks_written()
         self._commit(ratio, g, per)
         self.cur_iteration += 1
         self._recompute_next = False
@@ -229,6 +234,7 @@ class Pruner:
         self._masks_reset()
         with self._backend.open(self._prunable) as (weights, masks):
             engine.masks_from_nonzero(weights, masks)
+        self._backend.masks_written()
 
     def seek(self, iteration: int) -> None:
         """GMP: the next :meth:`step` runs at ``iteration`` and recomputes the masks (e.g. a resumed ``fit``)."""
@@ -316,6 +322,7 @@ class Pruner:
                     masks[n][...] = exact[n]
                 else:
                     np.not_equal(weights[n], 0, out=masks[n])
+        self._backend.masks_written()
         self._masks_reset()
         self.ratio, self.threshold, self.thresholds = ratio, threshold, thresholds
         self.cur_iteration = iteration
@@ -366,6 +373,7 @@ class Pruner:
     def _masks_from_threshold(self, apply: bool) -> None:
         with self._backend.open(self._prunable) as (weights, masks):
             engine.fill_masks(weights, masks, self.threshold, {}, self.sparse_block, apply=apply)
+        self._backend.masks_written()
         self._backend.store_thresholds(self.threshold, self.thresholds)
         if apply:
             self._backend.after_apply()
@@ -448,6 +456,9 @@ class ArrayBackend:
 
     def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
         return {n: n for n in names}
+
+    def masks_written(self) -> None:
+        pass
 
     def after_apply(self) -> None:
         pass
