@@ -1,6 +1,7 @@
-"""The numerical core both modes share: scores, exact selection, masks, density, GMP schedule.
+"""The numerical core both modes share: scores, exact selection, masks, density, GMP schedule, and the one pruner.
 
-Pure numpy; no Paddle import. See the README's "Design" section for the semantics.
+Pure numpy; importable without Paddle. :mod:`.pruner` holds the mode-neutral :class:`~.pruner.Pruner` the dygraph
+and static pruners build on; the README's "Semantics" section states the rules these modules implement.
 """
 from .density import density, nonzero_and_size
 from .engine import apply_masks, fill_masks, masks_from_nonzero, ratio_thresholds, summarize

@@ -16,7 +16,7 @@ Lifecycle, and what each stage may change:
 
 >>> import numpy as np
 >>> from paddleslim_static.core.pruner import ArrayBackend, Pruner
->>> w = {"w": np.array([[0.5, -0.1], [0.3, -0.9]], np.float32)}
+>>> w = {"w": np.array([[0.5, 0.1], [0.3, -0.9]], np.float32)}
 >>> pruner = Pruner(ArrayBackend(w), mode="ratio", ratio=0.5)
 >>> pruner.step()
 >>> w["w"].tolist(), pruner.threshold
