@@ -140,20 +140,15 @@ def test_failure_leaves_existing_out_dir_untouched(tmp_path):
     assert os.listdir(out) == ["keep.txt"]
 
 
-def test_demo_sized_export_is_fast(tmp_path):
+def test_demo_sized_export(tmp_path):
     """What the demo does at its end: a tiny CNN on 8x8 inputs, table + paths."""
-    import time
-
     paddle.seed(0)
     with paddle.utils.unique_name.guard():
         net = paddle.nn.Sequential(paddle.nn.Conv2D(1, 8, 3, padding=1), paddle.nn.ReLU(), paddle.nn.Flatten(),
                                    paddle.nn.Linear(8 * 8 * 8, 10))
     UnstructuredPruner(net, "ratio", ratio=0.9).step()
-    t = time.perf_counter()
     report = export_layer(net, [paddle.static.InputSpec([None, 1, 8, 8], "float32", "x")], tmp_path / "demo")
-    elapsed = time.perf_counter() - t
     assert report.ok and "verification: passed" in report.format_table()
-    assert elapsed < 20, elapsed
     rows = {r.name: r for r in report.rows}
     assert rows["linear_0.w_0"].layer == "3.weight"  # structured name from the dygraph model
     assert rows["linear_0.w_0"].stored_sparse and np.isclose(rows["linear_0.w_0"].density, 0.1, atol=0.02)

@@ -163,6 +163,8 @@ class ExportReport:
         for c in self.output_checks:
             lines.append(f"output {c.name} [{c.what}]: max abs err {c.max_abs_err:.3g}, "
                          f"max rel err {c.max_rel_err:.3g} -> {'ok' if c.ok else 'FAIL'}")
+        if self.deployment:
+            lines.append(f"deployment: {self.deployment.get('summary')}")
         if self.lite_command:
             lines.append(f"Paddle Lite (sparse kernels): {self.lite_command}")
         for w in self.warnings:

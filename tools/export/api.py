@@ -90,24 +90,43 @@ def export_checkpoint(checkpoint: Union[PathLike, Dict[str, Any]], model: Union[
     return export_layer(net, input_spec, out_dir, **options)
 
 
+def _op_key(op: Any, operand_ids: Sequence[Any]) -> Any:
+    attrs = op.attrs()
+    return op.name(), tuple(operand_ids), str(sorted((k, str(v)) for k, v in attrs.items()))
+
+
 def _own_values(program: Any, values: Sequence[Any]) -> List[Any]:
-    """``values`` as values of ``program``: one of a program it was cloned from is mapped to its clone."""
+    """``values`` as values of ``program``: a value of a program ``program`` was cloned from is mapped to its
+    counterpart (same op, same attributes, same operands, recursively; parameters and data by name)."""
     block = program.global_block()
-    own = {r.id for op in block.ops for r in op.results()}
+    ops = list(block.ops)
+    own = {r.id for op in ops for r in op.results()}
+    index: Dict[Any, Any] = {}
+    for op in ops:
+        index.setdefault(_op_key(op, [v.id for v in op.operands_source()]), op)
+    memo: Dict[Any, Any] = {}
+
+    def counterpart(v: Any) -> Any:
+        if v.id in own:
+            return v
+        if v.id not in memo:
+            op = v.get_defining_op()
+            if op is None:
+                raise KeyError(v.id)
+            twin = index.get(_op_key(op, [counterpart(s).id for s in op.operands_source()]))
+            if twin is None:
+                raise KeyError(v.id)
+            res = next(k for k, r in enumerate(op.results()) if r.id == v.id)
+            memo[v.id] = twin.results()[res]
+        return memo[v.id]
+
     out = []
     for i, v in enumerate(values):
-        if not hasattr(v, "get_defining_op") or v.id in own:
-            out.append(v)
-            continue
-        op = v.get_defining_op()
-        src_ops = list(op.get_parent_block().ops) if op is not None else []
-        idx = next((k for k, o in enumerate(src_ops) if o.id() == op.id()), None)
-        ops = list(block.ops)
-        if idx is None or idx >= len(ops) or [o.name() for o in ops[:idx + 1]] != [o.name() for o in src_ops[:idx + 1]]:
+        try:
+            out.append(counterpart(v) if hasattr(v, "get_defining_op") else v)
+        except (KeyError, StopIteration):
             raise ExportError(f"fetch_vars[{i}] is not a value of the program (nor of a program it was cloned "
-                              f"from); pass the value of the exported program, e.g. IrMapping.look_up(value)")
-        res = next(k for k, r in enumerate(op.results()) if r.id == v.id)
-        out.append(ops[idx].results()[res])
+                              f"from); pass the value of the exported program, e.g. IrMapping.look_up(value)") from None
     return out
 
 

@@ -142,6 +142,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         log.setLevel(logging.INFO)
+    elif log.level == logging.NOTSET:  # importing paddle sets the root logger to INFO: stay quiet unless -v
+        log.setLevel(logging.WARNING)
     try:
         with _quiet():
             report = _run(args)

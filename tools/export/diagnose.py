@@ -12,6 +12,9 @@ import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import paddle
+
+from paddleslim_static.programs import static_mode
 
 from .loading import SavedModel
 
@@ -49,34 +52,50 @@ def _close(ref: np.ndarray, got: np.ndarray) -> bool:
 
 
 def _paddle_values(saved: SavedModel, feeds: Dict[str, np.ndarray]) -> List[Dict[str, Any]]:
-    """Per considered op: name, index, layer, output array, producers (indices) of its non-constant inputs."""
-    block = saved.program.global_block()
-    entries, targets, producer = [], [], {}
-    for i, op in enumerate(block.ops):
+    """Per considered op: name, index, layer, output array, producers (indices) of its non-constant inputs.
+
+    The values are fetched from a clone of the program without its fetch ops (fetching more values from a
+    loaded inference program next to its own fetch ops fails in Paddle 3.3.1).
+    """
+    entries: List[Dict[str, Any]] = []
+    targets: List[Any] = []
+    producer: Dict[Any, int] = {}
+    with static_mode(pir=not saved.legacy), paddle.static.scope_guard(saved.scope):
         if saved.legacy:
-            if op.type in _SKIP_LEGACY or not op.output_arg_names:
-                continue
-            out = op.output_arg_names[0]
-            v = block.var(out)
-            if "float" not in str(v.dtype).lower() and "fp" not in str(v.dtype).lower():
-                continue
-            ins = [producer[n] for n in op.input_arg_names if n in producer]
-            producer[out] = len(entries)
-            entries.append({"op": op.type, "index": i, "layer": None, "inputs": ins})
-            targets.append(out)
+            program = saved.program.clone()
+            block = program.global_block()
+            for k in reversed([k for k, op in enumerate(block.ops) if op.type == "fetch"]):
+                block._remove_op(k)
         else:
-            if op.name() in _SKIP_PIR or op.num_results() == 0:
-                continue
-            res = op.results()[0]
-            if not res.is_dense_tensor_type() or "float" not in str(res.dtype).lower():
-                continue
-            ins = [producer[s.get_defining_op().id()] for s in op.operands_source()
-                   if s.get_defining_op() is not None and s.get_defining_op().id() in producer]
-            producer[op.id()] = len(entries)
-            entries.append({"op": op.name(), "index": i, "layer": op.attrs().get("struct_name") or None,
-                            "inputs": ins})
-            targets.append(res)
-    values = saved.run(feeds, fetch=targets) if targets else []
+            program = saved.program.clone(paddle.pir.IrMapping())
+            block = program.global_block()
+            for op in [op for op in block.ops if op.name() == "pd_op.fetch"]:
+                op.erase()
+        for i, op in enumerate(block.ops):
+            if saved.legacy:
+                if op.type in _SKIP_LEGACY or not op.output_arg_names:
+                    continue
+                out = op.output_arg_names[0]
+                if "FP" not in str(block.var(out).dtype).upper() and "FLOAT" not in str(block.var(out).dtype).upper():
+                    continue
+                ins = [producer[n] for n in op.input_arg_names if n in producer]
+                producer[out] = len(entries)
+                entries.append({"op": op.type, "index": i, "layer": None, "inputs": ins})
+                targets.append(out)
+            else:
+                if op.name() in _SKIP_PIR or op.num_results() == 0:
+                    continue
+                res = op.results()[0]
+                if not res.is_dense_tensor_type() or "float" not in str(res.dtype).lower():
+                    continue
+                ins = [producer[s.get_defining_op().id()] for s in op.operands_source()
+                       if s.get_defining_op() is not None and s.get_defining_op().id() in producer]
+                producer[op.id()] = len(entries)
+                entries.append({"op": op.name(), "index": i, "layer": op.attrs().get("struct_name") or None,
+                                "inputs": ins})
+                targets.append(res)
+        values = saved.exe.run(program, feed={n: feeds[n] for n in saved.feed_names}, fetch_list=targets) \
+            if targets else []
     for e, v in zip(entries, values):
         e["value"] = np.asarray(v)
     return entries

@@ -1,34 +1,28 @@
-"""Pruner masks folded into the weights for the duration of an export; the caller's model/scope restored after."""
+"""Pruner masks folded into the weights for the duration of an export, through the pruner packages' own API."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import paddle
+
+import paddleslim_dygraph
 
 from paddleslim_static.core.naming import mask_name
 
 __all__ = ["folded_layer", "folded_program"]
 
 
-def _dygraph_folded() -> Any:
-    import paddleslim_dygraph
-
-    # TEMPORARY: paddleslim_dygraph.folded is being exported by the lead; until then take it from .pruner.
-    fn = getattr(paddleslim_dygraph, "folded", None)
-    return fn if fn is not None else importlib.import_module("paddleslim_dygraph.pruner").folded
-
-
 @contextlib.contextmanager
 def folded_layer(layer: paddle.nn.Layer) -> Iterator[None]:
     """Inside: ``layer`` in eval mode with every live dygraph pruner's masks folded into its weights and the
-    pruners' hooks and mask buffers detached. On exit everything (train/eval mode included) is as before."""
+    pruners' hooks and mask buffers detached; on exit the pruners are attached again and the train/eval mode
+    restored (the weights keep their zeros, as after any ``step()``)."""
     training = layer.training
     try:
         layer.eval()
-        with _dygraph_folded()(layer):
+        with paddleslim_dygraph.folded(layer):
             yield
     finally:
         layer.train() if training else layer.eval()

@@ -37,7 +37,7 @@ def save_lite_layer(layer: paddle.nn.Layer, input_spec: List[paddle.static.Input
 def lite_command(model_file: str, params_file: str, optimize_out: str, sparse_threshold: float = 0.6) -> str:
     """Paddle Lite's ``opt`` command line converting the model with its sparse kernels enabled.
 
-    >>> print(lite_command("m.pdmodel", "m.pdiparams", "m_sparse").replace(" --", "\n--"))
+    >>> print(lite_command("m.pdmodel", "m.pdiparams", "m_sparse").replace(" --", "\\n--"))
     paddle_lite_opt
     --model_file=m.pdmodel
     --param_file=m.pdiparams

@@ -83,20 +83,25 @@ def compress_onnx(result: OnnxResult, opts: ExportOptions) -> CompressResult:
     return CompressResult(path, stored)
 
 
-def _deployment(report: ExportReport, saved: SavedModel) -> None:
-    """The deployment-eligibility verdicts, when :mod:`paddleslim_tools.deployment` is installed."""
-    try:
-        from .. import deployment  # type: ignore[attr-defined]
-    except ImportError:
+def _deployment(report: ExportReport, saved: SavedModel, opts: ExportOptions) -> None:
+    """The deployment-eligibility verdicts of :mod:`paddleslim_tools.deployment` for the saved model."""
+    from paddleslim_static.programs import static_mode
+
+    from ..deployment import deployment_report
+
+    if len(saved.feed_specs) != 1:
+        report.warnings.append(f"deployment report skipped: it takes one input, the model has "
+                               f"{len(saved.feed_specs)}")
         return
-    fn = getattr(deployment, "deployment_report", None)
-    if fn is None:
-        return
+    shape = [1 if d is None or int(d) < 0 else int(d) for d in saved.feed_specs[0][1]]
     try:
-        result = fn(saved.program, scope=saved.scope)
-        report.deployment = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        with static_mode(pir=not saved.legacy):
+            result = deployment_report(saved.program, shape, scope=saved.scope,
+                                       sparse_threshold=opts.sparse_threshold)
     except Exception as e:  # a report section must never fail the export
         report.warnings.append(f"deployment report unavailable: {type(e).__name__}: {e}")
+        return
+    report.deployment = result.to_dict()
 
 
 def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer,
@@ -141,7 +146,8 @@ def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer
             if plain is not None:  # last: locating a diverging op adds fetch ops to saved.program
                 verify_onnx(report, saved, plain.model, plain.path, packed.path if packed else None, opts.seed,
                             opts.rtol)
-    _deployment(report, saved)
+    with timer("deployment_report"):
+        _deployment(report, saved, opts)
     report.file_sizes = file_sizes(local)
     local["report"] = prefix + ".report.json"
     report.files = {k: os.path.join(final, os.path.basename(p)) for k, p in local.items()}
