@@ -124,7 +124,7 @@ def test_checkpoint_restores_masks_and_thresholds(static, tmp_path):
     _assert_pruned_zero(s, p2)
 
 
-def test_paddleslim_scenario(static):
+def test_residual_transpose_net_prunes_with_every_option_like_paddleslim(static):
     """conv+BN with residual adds and a conv2d_transpose; ratio+local, conv1x1_only, 5x5 blocks, GMP resume."""
     s = Session(RES, "momentum")
     convt = [p.name for p in s.net.main.global_block().all_parameters() if p.name.startswith("conv2d_transpose")]
@@ -191,7 +191,7 @@ def test_paddleslim_scenario(static):
     assert p5.ratio == 0.8 and abs(1 - sum(s5.w(n).astype(bool).sum() for n in names) / total - 0.8) < 1e-3
 
 
-def test_api(static):
+def test_methods_report_and_change_exactly_what_the_seed_documents(static):
     s = Session(MOBILE, "momentum")
     p = s.pruner(UnstructuredPruner, "ratio", ratio=0.4)
     assert p.mode == "ratio" and p.ratio == 0.4 and p.threshold == 0.01 and p.thresholds == {}
@@ -226,7 +226,7 @@ def test_api(static):
     assert "linear_0.w_0" not in p2.prunable_params and "linear_0.b_0" in p2.prunable_params
 
 
-def test_errors(static):
+def test_bad_arguments_and_nan_weights_raise_naming_the_problem(static):
     s = Session(MLP, "momentum")
     with pytest.raises(ValueError, match="mode"):
         s.pruner(UnstructuredPruner, "magic")
@@ -244,5 +244,5 @@ def test_errors(static):
     w = s.w("linear_0.w_0")
     w[0, 0] = np.nan
     s.scope.find_var("linear_0.w_0").get_tensor().set(w, paddle.CPUPlace())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="linear_0.w_0.*NaN"):
         p.step()
