@@ -129,12 +129,18 @@ def _keep_top(keys: np.ndarray, n: int, out: np.ndarray) -> None:
     """keys (P, G, M, Q): out[p, g, i, q] = key i is among the n largest of its group (earlier index wins ties)."""
     m = keys.shape[2]
     if m <= _PAIRWISE_MAX_M:
-        # rank_i = #{j : k_j > k_i} + #{j < i : k_j == k_i}; kept when rank_i < n
+        # rank_i = #{j : j beats i}, kept when rank_i < n; for j < i, j beats i iff k_j >= k_i (else i beats j).
+        # One comparison per pair, in place: M(M-1)/2 passes over a 1/M slice.
         rank = np.zeros(keys.shape, np.uint8)
+        beats = np.empty(keys[:, :, 0, :].shape, np.bool_)
         for j in range(m):
-            kj = keys[:, :, j:j + 1, :]
-            rank += kj > keys
-            rank[:, :, j + 1:, :] += kj == keys[:, :, j + 1:, :]
+            kj, rj = keys[:, :, j, :], rank[:, :, j, :]
+            for i in range(j + 1, m):
+                ri = rank[:, :, i, :]
+                np.greater_equal(kj, keys[:, :, i, :], out=beats)
+                np.add(ri, beats, out=ri, casting="unsafe")
+                np.logical_not(beats, out=beats)
+                np.add(rj, beats, out=rj, casting="unsafe")
         np.less(rank, n, out=out)
         return
     order = np.argsort(~keys, axis=2, kind="stable")  # ~key: descending key, stable keeps earlier first
