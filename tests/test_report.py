@@ -156,9 +156,11 @@ def test_write_files_and_plots(tmp_path):
     for key in ("density_png", "histogram_png", "schedule_png"):
         with open(files[key], "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    data = json.loads(open(files["json"]).read())
+    with open(files["json"]) as f:
+        data = json.load(f)
     assert data["prunable_density"] == pytest.approx(rep.prunable_density) and data["history"]["measured"]
-    assert open(files["table"]).read().strip() == rep.format_table()
+    with open(files["table"]) as f:
+        assert f.read().strip() == rep.format_table()
     assert "schedule_png" not in sparsity_report(net).write(tmp_path / "r2")
 
 

@@ -219,9 +219,12 @@ def unpack_mask(mask: np.ndarray, shape: Sequence[int], key: str = "mask") -> np
 
 
 def _checkpoint_weights(state: Mapping[str, Any]) -> Tuple[Dict[str, np.ndarray], Dict[str, bool]]:
-    arrays = {k: np.asarray(v) for k, v in state.items() if isinstance(v, (np.ndarray, np.generic))
-              or type(v).__name__ in ("Tensor", "EagerParamBase")}
-    arrays = {k: (v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else v) for k, v in arrays.items()}
+    arrays: Dict[str, np.ndarray] = {}
+    for k, v in state.items():  # numpy arrays (paddle.load(return_numpy=True)) or paddle Tensors
+        if isinstance(v, (np.ndarray, np.generic)):
+            arrays[k] = np.asarray(v)
+        elif callable(getattr(v, "numpy", None)):
+            arrays[k] = np.asarray(v.numpy())
     weights: Dict[str, np.ndarray] = {}
     masked: Dict[str, bool] = {}
     for k, v in arrays.items():
