@@ -14,8 +14,9 @@ Contract of :func:`apply_mask_pass` (PIR and legacy-IR programs):
   control-flow sub-block (attributed to the control-flow op that owns it). For every parameter of ``param_names``
   whose last writer is not followed by its mask op, the pass appends at the end of the global block
   ``param = param * cast(mask, param.dtype)`` in place (PIR: ``pd_op.cast`` + ``pd_op.multiply_``; legacy:
-  ``cast`` + ``elementwise_mul`` with the optimize role, so ``clone(for_test=True)`` drops them), the packed form
-  unpacking the bits first (reshape, bitwise shift/and, reshape, slice). A parameter nothing writes (eval and
+  ``cast`` + ``elementwise_mul`` with the optimize role, so ``clone(for_test=True)`` drops them). Packed masks
+  are unpacked by one ``gather`` of a shared [256, 8] bit table (built in the program from ``arange``) indexed by
+  the bytes, then reshaped (and sliced when n % 8 != 0). A parameter nothing writes (eval and
   inference programs, frozen weights) gets no mask op. Writes inside a loop body are masked once, after the loop.
 * **Idempotent.** A second run with the same arguments returns ``modified=False`` and adds nothing.
 * **Atomic.** Every argument is checked before anything is created; a call that raises leaves ``program`` and
@@ -187,9 +188,11 @@ def _apply(impl: Any, startup_program: Any, plan: _Plan, packed: bool) -> MaskPa
                 impl.create_scalar(name, dtype, bool(value) if dtype == "bool" else float(value))
                 added.append(name)
         todo = unmasked_params(impl.program, plan.names)
-        consts = impl.unpack_consts() if packed and todo else None
+        tables: Dict[str, Any] = {}  # packed: one bit table per dtype, shared by the mask ops
         for n in todo:
-            impl.append_mask_op(plan.params[n], masks[n], consts)
+            param = plan.params[n]
+            table = impl.bit_table(param, tables) if packed else None
+            impl.append_mask_op(param, masks[n], table)
     return MaskPassResult(modified=bool(added or todo), mask_vars={n: mask_var_name(n) for n in plan.names},
                           ops_added=impl.num_ops() - before, vars_added=tuple(added), masked=tuple(todo),
                           packed=packed)
@@ -255,20 +258,24 @@ class _AllKeptBits(paddle.nn.initializer.Initializer):
         return block.append_op(type="concat", inputs={"X": outs}, outputs={"Out": var}, attrs={"axis": 0})
 
 
-def _unpack_bits(mask: Any, shape: Sequence[int], consts: Tuple[Any, Any]) -> Any:
-    """In-program inverse of ``np.packbits``: uint8 mask of ceil(n/8) bytes -> uint8 0/1 of ``shape``."""
-    shifts, one = consts
+def _bit_table(dtype: Any) -> Any:
+    """[256, 8] table of ``dtype``: row b holds the bits of byte b, most significant first (np.unpackbits)."""
+    byte = paddle.reshape(paddle.arange(256, dtype="int32"), [256, 1])
+    shifts = paddle.assign(np.arange(7, -1, -1, dtype=np.int32).reshape(1, 8))
+    bits = paddle.bitwise_and(paddle.bitwise_right_shift(byte, shifts), paddle.full([1], 1, "int32"))
+    return paddle.cast(bits, dtype)
+
+
+def _unpack_bits(mask: Any, shape: Sequence[int], table: Any) -> Any:
+    """In-program inverse of ``np.packbits``: uint8 mask of ceil(n/8) bytes -> 0/1 of ``shape`` (table's dtype).
+
+    One gather of 8-element rows per byte: about the cost of the bool mask's cast (shift/and per bit cost 4x).
+    """
     n = math.prod(int(d) for d in shape)
-    bits = paddle.bitwise_and(paddle.bitwise_right_shift(paddle.reshape(mask, [-1, 1]), shifts), one)
-    flat = paddle.reshape(bits, [-1])
-    if n % 8:
-        flat = paddle.slice(flat, [0], [0], [n])
-    return paddle.reshape(flat, [int(d) for d in shape])
-
-
-def _unpack_consts() -> Tuple[Any, Any]:
-    shifts = paddle.cast(paddle.assign(np.arange(7, -1, -1, dtype=np.int32).reshape(1, 8)), "uint8")
-    return shifts, paddle.full([1], 1, "uint8")
+    bits = paddle.gather(table, paddle.cast(mask, "int32"))
+    if n % 8:  # drop the padding bits of the last byte
+        bits = paddle.slice(paddle.reshape(bits, [-1]), [0], [0], [n])
+    return paddle.reshape(bits, [int(d) for d in shape])
 
 
 class _PirImpl:
@@ -314,13 +321,16 @@ class _PirImpl:
                                                         initializer=paddle.nn.initializer.Constant(value))
 
     @staticmethod
-    def unpack_consts() -> Tuple[Any, Any]:
-        return _unpack_consts()
+    def bit_table(param: Any, tables: Dict[str, Any]) -> Any:
+        key = str(param.dtype)  # a table of the parameter's dtype: the gather yields the factor, no cast
+        if key not in tables:
+            tables[key] = _bit_table(param.dtype)
+        return tables[key]
 
-    def append_mask_op(self, param: Any, mask: Any, consts: Optional[Tuple[Any, Any]]) -> None:
-        src = mask if consts is None else _unpack_bits(mask, param.shape, consts)
+    def append_mask_op(self, param: Any, mask: Any, table: Optional[Any]) -> None:
+        factor = paddle.cast(mask, param.dtype) if table is None else _unpack_bits(mask, param.shape, table)
         # paddle._C_ops.multiply_ is really in place in static mode (Tensor.multiply_ is not).
-        paddle._C_ops.multiply_(param, paddle.cast(src, param.dtype))
+        paddle._C_ops.multiply_(param, factor)
 
 
 class _LegacyImpl:
@@ -371,13 +381,15 @@ class _LegacyImpl:
     def create_scalar(self, name: str, dtype: str, value: Scalar) -> Any:
         return paddle.static.create_global_var([], value, dtype, persistable=True, name=name)  # type: ignore
 
-    def unpack_consts(self) -> Tuple[Any, Any]:
-        with self.program._optimized_guard([]):
-            return _unpack_consts()
+    def bit_table(self, param: Any, tables: Dict[str, Any]) -> Any:
+        if "uint8" not in tables:  # uint8 0/1: the named cast below makes the float factor
+            with self.program._optimized_guard([]):
+                tables["uint8"] = _bit_table("uint8")
+        return tables["uint8"]
 
-    def append_mask_op(self, param: Any, mask: Any, consts: Optional[Tuple[Any, Any]]) -> None:
+    def append_mask_op(self, param: Any, mask: Any, table: Optional[Any]) -> None:
         with self.program._optimized_guard([param, mask]):
-            src = mask if consts is None else _unpack_bits(mask, param.shape, consts)
+            src = mask if table is None else _unpack_bits(mask, param.shape, table)
             cast = self.block.create_var(name=param.name + MASK_CAST_SUFFIX, dtype=param.dtype, shape=param.shape,
                                          persistable=False)
             self.block.append_op(type="cast", inputs={"X": [src]}, outputs={"Out": [cast]},

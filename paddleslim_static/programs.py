@@ -251,7 +251,7 @@ def mask_op_param(op: Any) -> Optional[str]:
         return None
     target = mask_name(param_name(p))
     stack, seen = [y], 0
-    while stack and seen < 64:  # the packed-mask chain is ~20 values; a user's multiply_ never gets far
+    while stack and seen < 128:  # the packed-mask chain (bit table included) is ~25 values
         v = stack.pop()
         seen += 1
         if value_name(v) == target:

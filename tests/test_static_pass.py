@@ -7,6 +7,7 @@ import pytest
 
 from nets import NETS, batch, scope_array, static_mode, static_net
 from paddleslim_static import UnstructuredPruner, apply_mask_pass, mask_var_name, masked_params
+from paddleslim_static.core.packing import unpack_mask
 from paddleslim_static.mask_pass import unmasked_params
 from paddleslim_static.programs import has_optimizer_ops, norm_param_names, param_infos
 from paddleslim_static.pruner import GLOBAL_THRESHOLD_VAR, READY_VAR
@@ -72,7 +73,8 @@ def test_pass_is_idempotent(static):
     assert net.main.global_block().num_ops() == n_main and net.startup.global_block().num_ops() == n_start
     # a pruner built on the already-rewritten program adds no second mask op
     scope = paddle.static.Scope()
-    pruner = UnstructuredPruner(net.main, "ratio", ratio=0.5, scope=scope, startup_program=net.startup)
+    pruner = UnstructuredPruner(net.main, "ratio", ratio=0.5, scope=scope, startup_program=net.startup,
+                                packed_masks=False)  # the bool masks made above
     assert pruner.pass_result.masked == ()
     assert _op_names(net.main).count("pd_op.multiply_") == len(names)
 
@@ -96,29 +98,40 @@ def test_mask_op_is_really_in_place(static):
                 assert np.all(w[~m] == 0) and np.count_nonzero(w[m]) == m.sum()
 
 
+def _bool_mask(scope, var, shape):
+    """The scope's mask as bool of ``shape``, whether stored as bool or bit-packed uint8."""
+    m = scope_array(scope, var)
+    return unpack_mask(m, shape) if m.dtype == np.uint8 else m
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "bool"])
 @pytest.mark.parametrize("startup_first", [True, False], ids=["startup-before", "startup-after"])
-def test_masks_and_thresholds_exist_in_scope(static, startup_first):
+def test_masks_and_thresholds_exist_in_scope(static, startup_first, packed):
     net = static_net(MLP, _momentum)
     scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
     with paddle.static.scope_guard(scope):
         if startup_first:
             exe.run(net.startup)
-        pruner = UnstructuredPruner(net.main, "threshold", threshold=0.1, scope=scope, startup_program=net.startup)
+        pruner = UnstructuredPruner(net.main, "threshold", threshold=0.1, scope=scope, startup_program=net.startup,
+                                    packed_masks=packed)
+        shapes = {p.name: tuple(p.shape) for p in net.main.global_block().all_parameters()}
         for n, var in pruner.masks.items():
-            assert scope_array(scope, var).dtype == np.bool_
+            m = scope_array(scope, var)
+            assert (m.dtype, m.shape) == ((np.uint8, ((np.prod(shapes[n]) + 7) // 8,)) if packed
+                                          else (np.bool_, shapes[n]))
         assert scope_array(scope, GLOBAL_THRESHOLD_VAR) == np.float32(0.1)
         assert bool(scope_array(scope, READY_VAR)) is startup_first
         if not startup_first:
             with pytest.raises(RuntimeError, match="startup"):
                 pruner.update_params()  # no weights yet: clear error, state unchanged
             exe.run(net.startup)  # re-initialises masks to True and the ready flag to False
-            assert all(scope_array(scope, v).all() for v in pruner.masks.values())
+            assert all(_bool_mask(scope, v, shapes[n]).all() for n, v in pruner.masks.items())
             assert scope_array(scope, GLOBAL_THRESHOLD_VAR) == np.float32(0.1)
             assert not bool(scope_array(scope, READY_VAR))
         pruner.update_params()  # threshold-mode masks are (re)computed lazily here
         assert bool(scope_array(scope, READY_VAR))
         for n, var in pruner.masks.items():
-            w, m = scope_array(scope, n), scope_array(scope, var)
+            w, m = scope_array(scope, n), _bool_mask(scope, var, shapes[n])
             np.testing.assert_array_equal(m, np.abs(w) >= np.float32(0.1))
             assert np.all(w[np.abs(w) < np.float32(0.1)] == 0) and (~m).any()
 
@@ -216,7 +229,8 @@ def test_legacy_ir_program(static):
         scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
         with paddle.static.scope_guard(scope):
             exe.run(net.startup)
-            pruner = UnstructuredPruner(net.main, "ratio", ratio=0.7, scope=scope, startup_program=net.startup)
+            pruner = UnstructuredPruner(net.main, "ratio", ratio=0.7, scope=scope, startup_program=net.startup,
+                                        packed_masks=False)
             assert sorted(pruner.prunable_params) == sorted(names)
             types = [op.type for op in net.main.global_block().ops]
             last_update = max(i for i, t in enumerate(types) if t == "momentum")
@@ -253,7 +267,8 @@ def test_gmp_recomputes_masks_after_startup_rerun(static):
         pruner.step()  # ratio unchanged: masks only applied
         assert pruner.ratio == 0.3
         exe.run(net.startup)
-        assert all(scope_array(scope, v).all() for v in pruner.masks.values())
+        shapes = {p.name: tuple(p.shape) for p in net.main.global_block().all_parameters()}
+        assert all(_bool_mask(scope, v, shapes[n]).all() for n, v in pruner.masks.items())
         pruner.step()  # ratio still 0.3, but the masks were lost: recomputed
         zeros = sum(int((scope_array(scope, n) == 0).sum()) for n in pruner.prunable_params)
         assert zeros == round(0.3 * sum(scope_array(scope, n).size for n in pruner.prunable_params))
@@ -361,4 +376,4 @@ def test_packed_masks(static, legacy):
                 np.testing.assert_array_equal(w != 0, m)
         if legacy:  # mask ops (unpacking included) carry the optimize role: a test clone drops them all
             test = net.main.clone(for_test=True)
-            assert not {"bitwise_and", "elementwise_mul"} & {op.type for op in test.global_block().ops}
+            assert not {"gather", "elementwise_mul"} & {op.type for op in test.global_block().ops}
