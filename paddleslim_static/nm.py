@@ -8,7 +8,9 @@ A parameter's layout comes from the forward ops that use it (gradient and optimi
 
 Everything else is skipped with a reason - the same parameters :func:`paddleslim_dygraph.nm.check_nm` skips for
 the same network (1-D, norm operands, transposed use, ``conv2d_transpose`` filters, parameters no matmul/conv op
-reads, reduction axis shorter than M), plus a parameter used in two different roles.
+reads, reduction axis shorter than M), plus a parameter used in two different roles. "Parameters" are
+``program.global_block().all_parameters()``; a legacy-IR inference model loaded back has none, so there they are its
+persistable dense tensors.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import paddle
 
 from .core.nm import CONV, LINEAR, Layout, NMVerdict, check_nm as _check_nm_args
 from .core.nm import nm_skip_reason, nm_violations
-from .programs import all_ops, check_program, is_pir_program, norm_param_names, param_infos, value_name
+from .core.params import ParamInfo
+from .programs import NORM_OPS_LEGACY, all_ops, check_program, is_pir_program, param_infos, value_name
 from .scope_io import tensor_of
 
 __all__ = ["nm_layouts", "check_nm"]
@@ -77,6 +80,25 @@ def _uses(program: Any, params: set) -> Dict[str, List[str]]:
     return roles
 
 
+def _weights(program: Any) -> List[ParamInfo]:
+    """The program's parameters; for a legacy-IR inference model loaded back (no Parameter objects), its persistable
+    dense tensors (feed/fetch excluded), norm-op operands flagged as for parameters."""
+    infos = param_infos(program)
+    if infos or is_pir_program(program):
+        return infos
+    block = program.global_block()
+    names = []
+    for n, v in block.vars.items():
+        kind = str(v.type).upper()
+        if v.persistable and n not in ("feed", "fetch") and ("LOD_TENSOR" in kind or "DENSE_TENSOR" in kind) \
+                and "ARRAY" not in kind:
+            names.append(n)
+    wanted = set(names)
+    norms = {n for op in all_ops(program) if op.type in NORM_OPS_LEGACY
+             for slot in op.input_names for n in op.input(slot) if n in wanted}
+    return [ParamInfo(n, tuple(int(d) for d in block.var(n).shape), n in norms, None) for n in names]
+
+
 def _role(shape: Tuple[int, ...], is_norm: bool, roles: List[str]) -> Tuple[Optional[Layout], str]:
     if is_norm:
         return None, "normalization op operand"
@@ -99,12 +121,11 @@ def nm_layouts(program: Any, m: int) -> Dict[str, Tuple[Optional[Layout], str]]:
     """Parameter name -> (layout, '') for the weights that qualify for N:M with this M, (None, reason) otherwise."""
     check_program(program)
     _check_nm_args(1, m, "m")
-    infos = param_infos(program)
-    norms = norm_param_names(program)
+    infos = _weights(program)
     roles = _uses(program, {p.name for p in infos})
     out: Dict[str, Tuple[Optional[Layout], str]] = {}
     for info in infos:
-        layout, reason = _role(info.shape, info.name in norms, roles.get(info.name, []))
+        layout, reason = _role(info.shape, info.is_norm, roles.get(info.name, []))
         if layout is not None:
             short = nm_skip_reason(info.shape, m, layout)
             if short is not None:
@@ -146,7 +167,7 @@ def check_nm(program: Any, n: int, m: int, scope: Any = None) -> Dict[str, NMVer
     if scope is None:
         scope = paddle.static.global_scope()
     out: Dict[str, NMVerdict] = {}
-    for info in param_infos(program):
+    for info in _weights(program):
         layout, reason = layouts[info.name]
         if layout is None:
             out[info.name] = NMVerdict(info.name, info.shape, None, None, reason=reason)

@@ -248,7 +248,7 @@ def test_dygraph_checker_verdicts():
 
 
 @pytest.mark.parametrize("pir", [True, False])
-def test_static_checker_matches_dygraph(pir):
+def test_static_checker_matches_dygraph(pir, tmp_path):
     from paddleslim_static.programs import static_mode
 
     net = _build(False)
@@ -258,7 +258,8 @@ def test_static_checker_matches_dygraph(pir):
         with paddle.static.program_guard(main, startup):
             snet = _build(True)
             x = paddle.static.data("x", [None, 8, 4, 4])
-            loss = snet(x).mean()
+            out = snet(x)
+            loss = out.mean()
             paddle.optimizer.SGD(0.1).minimize(loss)
         scope = paddle.static.Scope()
         with paddle.static.scope_guard(scope):
@@ -270,7 +271,18 @@ def test_static_checker_matches_dygraph(pir):
         _sparsify(arrays)
         for k, (arr, _) in arrays.items():
             scope.find_var(k).get_tensor().set(arr, paddle.CPUPlace())
-        assert nm.all_nm_sparse(static_nm.check_nm(main, 2, 4, scope))
+        after = static_nm.check_nm(main, 2, 4, scope)
+        assert nm.all_nm_sparse(after)
+        # an inference model saved and loaded back (legacy IR: no Parameter objects, persistable tensors instead)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        prefix = str(tmp_path / "inference")
+        with paddle.static.scope_guard(scope):
+            paddle.static.save_inference_model(prefix, [x], [out], exe, program=main)
+        loaded_scope = paddle.static.Scope()
+        with paddle.static.scope_guard(loaded_scope):
+            loaded, _, _ = paddle.static.load_inference_model(prefix, exe)
+        reloaded = static_nm.check_nm(loaded, 2, 4, loaded_scope)
+        assert {k: (v.layout, v.ok) for k, v in reloaded.items()} == {k: (v.layout, v.ok) for k, v in after.items()}
         with pytest.raises(RuntimeError, match="startup"):
             static_nm.check_nm(main, 2, 4, paddle.static.Scope())
         with pytest.raises(TypeError, match="program"):
