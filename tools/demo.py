@@ -252,6 +252,9 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> 
             lg.removeHandler(handler)
             lg.setLevel(level)
     out(report.format_table(), always=True)
+    steps = getattr(report, "timings", None) or {}
+    if steps:
+        out("export steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
     out(f"exported {len(report.files)} files to {Path(out_dir).resolve()}: "
         + ", ".join(Path(p).name for _, p in sorted(report.files.items())), always=True)
     return bool(report.ok)
