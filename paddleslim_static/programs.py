@@ -143,13 +143,44 @@ def norm_param_names(program: Any) -> Set[str]:
     return out
 
 
+def lite_sparse_conv_weights(program: Any) -> Set[str]:
+    """Filters of the ``conv2d`` ops Paddle Lite's sparse conv takes: 1x1 kernel, groups 1, stride 1, no padding."""
+    params = set(parameter_names(program))
+    out: Set[str] = set()
+    pir = is_pir_program(program)
+    for op in all_ops(program):
+        if (op.name() if pir else op.type) not in ("pd_op.conv2d", "conv2d"):
+            continue
+        attrs = op.attrs() if pir else {n: op.attr(n) for n in op.attr_names}
+        name = value_name(op.operand_source(1)) if pir else op.input("Filter")[0]
+        algo = str(attrs.get("padding_algorithm", "EXPLICIT")).upper()
+        no_pad = algo in ("VALID", "SAME") or all(int(v) == 0 for v in attrs.get("paddings", [0]))
+        if name in params and int(attrs.get("groups", 1)) == 1 and no_pad \
+                and all(int(v) == 1 for v in attrs.get("strides", [1])):
+            out.add(name)
+    shapes = {param_name(p): tuple(p.shape) for p in _parameters(program)}
+    return {n for n in out if len(shapes[n]) == 4 and shapes[n][2:] == (1, 1)}
+
+
+_LEGACY_DTYPES = {"FP16": "float16", "BF16": "bfloat16", "FP32": "float32", "FP64": "float64", "INT8": "int8",
+                  "INT16": "int16", "INT32": "int32", "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+
+
+def dtype_name(dtype: Any) -> str:
+    """``'float32'`` for paddle.float32, a PIR DataType or a legacy VarType.FP32."""
+    text = str(dtype).rsplit(".", 1)[-1]
+    return _LEGACY_DTYPES.get(text, text)
+
+
 def param_infos(program: Any) -> List[ParamInfo]:
-    """Every parameter as a :class:`ParamInfo` (``is_norm`` for norm-op operands)."""
+    """Every parameter as a :class:`ParamInfo` (``is_norm`` for norm-op operands, dtype, Lite sparse-conv filters)."""
     norms = norm_param_names(program)
+    lite = lite_sparse_conv_weights(program)
     infos = []
     for p in _parameters(check_program(program)):
         name = param_name(p)
-        infos.append(ParamInfo(name, tuple(int(d) for d in p.shape), name in norms, None))
+        infos.append(ParamInfo(name, tuple(int(d) for d in p.shape), name in norms, None, dtype_name(p.dtype),
+                               name in lite))
     return infos
 
 

@@ -14,7 +14,7 @@ import pytest
 import paddleslim_dygraph as dy
 import paddleslim_static as st
 import reference
-from nets import NETS, batch, copy_weights, dygraph_model, scope_array, static_mode, static_net
+from nets import NETS, NetSpec, batch, copy_weights, dygraph_model, scope_array, static_mode, static_net
 
 
 class Dygraph:
@@ -130,9 +130,11 @@ OPTIONS = {
     "block5x5-local": dict(mode="ratio", ratio=0.5, sparse_block=(5, 5), local_sparsity=True),
     "block3x1": dict(mode="ratio", ratio=0.3, sparse_block=(3, 1)),
     "conv1x1": dict(mode="ratio", ratio=0.6, prune_params_type="conv1x1_only"),
+    "lite": dict(mode="ratio", ratio=0.7, prune_params_type="lite_sparse_conv"),
+    "lite-2x1": dict(mode="ratio", ratio=0.7, prune_params_type="lite_sparse_conv", sparse_block=(2, 1)),
 }
 CASES = [(net, opt) for net in ("mlp", "lenet", "mobilenet") for opt in OPTIONS
-         if opt != "conv1x1" or net == "mobilenet"]
+         if not opt.startswith(("conv1x1", "lite")) or net == "mobilenet"]
 
 
 @pytest.mark.parametrize("net,option", CASES, ids=[f"{n}-{o}" for n, o in CASES])
@@ -147,6 +149,40 @@ def test_bitwise_parity(net, option):
     assert any(not m.all() for m in s.masks(ps).values())  # something was pruned
     for r in (0.2, 0.9):
         assert d.summarize(pd, r) == s.summarize(ps, r)
+
+
+class LiteCandidates(paddle.nn.Layer):
+    """One conv per Paddle Lite sparse-conv condition, each flipped once; only ``ok`` and ``same`` qualify."""
+
+    def __init__(self):
+        super().__init__()
+        nn = paddle.nn
+        self.ok = nn.Conv2D(4, 8, 1)
+        self.stride2 = nn.Conv2D(8, 8, 1, stride=2)
+        self.groups2 = nn.Conv2D(8, 8, 1, groups=2)
+        self.padded = nn.Conv2D(8, 8, 1, padding=1)
+        self.k3 = nn.Conv2D(8, 8, 3, padding=1)
+        self.same = nn.Conv2D(8, 8, 1, padding="SAME")
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        for conv in (self.ok, self.stride2, self.groups2, self.padded, self.k3, self.same):
+            x = conv(x)
+        return self.fc(x.mean(axis=[2, 3]))
+
+
+def test_lite_sparse_conv_preset_takes_exactly_the_eligible_convs_in_both_modes():
+    spec = NetSpec("lite", LiteCandidates, (4, 8, 8))
+    d, s = _pair(spec)
+    pd = d.pruner(mode="ratio", ratio=0.75, prune_params_type="lite_sparse_conv", sparse_block=(2, 1))
+    ps = s.pruner(mode="ratio", ratio=0.75, prune_params_type="lite_sparse_conv", sparse_block=(2, 1))
+    want = {d.model.ok.weight.name, d.model.same.weight.name}
+    assert set(pd.prunable_params) == set(ps.prunable_params) == want
+    pd.step()
+    ps.step()
+    _assert_same(d, s, pd, ps)
+    for m in s.masks(ps).values():  # 2x1 blocks: output channels pruned in pairs
+        assert (m[0::2] == m[1::2]).all()
 
 
 def test_conv1x1_only_needs_1x1_convs():
