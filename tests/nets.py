@@ -194,3 +194,13 @@ def scope_mask(scope: Any, var: str, shape) -> np.ndarray:
 
     arr = scope_array(scope, var)
     return unpack_mask(arr, shape) if arr.dtype == np.uint8 else arr
+
+
+def assert_same(a: Dict[str, Any], b: Dict[str, Any]) -> None:
+    """Two snapshots (name -> array or plain value) are equal, arrays bit for bit."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:
+            assert a[k] == b[k], k

@@ -5,6 +5,7 @@ import numpy as np
 import paddle
 import pytest
 
+from nets import assert_same
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner, folded
 
 GMP = dict(stable_iterations=0, pruning_iterations=40, tunning_iterations=10, resume_iteration=0,
@@ -28,13 +29,6 @@ def snapshot(model, pruner=None):
     return state
 
 
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], np.ndarray):
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-        else:
-            assert a[k] == b[k], k
 
 
 def train_step(model, opt, seed=0):

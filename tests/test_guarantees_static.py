@@ -5,7 +5,7 @@ import numpy as np
 import paddle
 import pytest
 
-from nets import NETS, batch, scope_array, static_mode, static_net
+from nets import NETS, assert_same, batch, scope_array, static_mode, static_net
 from paddleslim_static import GMPUnstructuredPruner, UnstructuredPruner
 
 MLP, LENET = NETS["mlp"], NETS["lenet"]
@@ -56,13 +56,6 @@ def _ops(program):
     return [op.name() if hasattr(op, "name") and callable(op.name) else op.type for op in block.ops]
 
 
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], np.ndarray):
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-        else:
-            assert a[k] == b[k], k
 
 
 @pytest.mark.parametrize("legacy", [False, True])
