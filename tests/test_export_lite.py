@@ -182,3 +182,30 @@ def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(f"paddleslim_tools.export.{name}"),
                              optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_static_pruner_masks_are_folded_and_the_scope_is_restored(tmp_path, packed):
+    from paddleslim_static import UnstructuredPruner as StaticPruner
+
+    with static_mode():
+        net = static_net(NETS["mlp"], optimizer=lambda: paddle.optimizer.SGD(0.1))
+        scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(scope):
+            exe.run(net.startup)
+            pruner = StaticPruner(net.main, "ratio", ratio=0.8, scope=scope, startup_program=net.startup,
+                                  packed_masks=packed)
+            pruner.step()
+            masks = pruner.mask_arrays()
+        for n in masks:  # pruned weights revived, as an update without the mask ops would leave them
+            t = scope.find_var(n).get_tensor()
+            t.set(np.array(t) + np.float32(0.5), paddle.CPUPlace())
+        before = {n: np.array(scope.find_var(n).get_tensor()) for n in masks}
+        report = export_program(net.test, tmp_path / "o", scope=scope, feed_names=["x"], fetch_vars=[net.out_test],
+                                compress=False)
+    assert report.ok, report.failures
+    exported = SavedModel(str(tmp_path / "o" / "model"), legacy=False).weights
+    assert len(masks) >= 3
+    for n, m in masks.items():
+        np.testing.assert_array_equal(exported[n], before[n] * m.astype(np.float32))
+        assert np.array(scope.find_var(n).get_tensor()).tobytes() == before[n].tobytes()  # scope untouched

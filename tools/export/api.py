@@ -17,7 +17,7 @@ from .errors import ExportError, one_line
 from .extras import require_extra
 from .folding import folded_layer, folded_program
 from .lite import LITE_SUFFIX, save_lite_layer
-from .loading import SavedModel, build_network, legacy_persistables, load_checkpoint, model_files
+from .loading import SavedModel, build_network, load_checkpoint, model_files
 from .pipeline import LiteResult, Timer, finish
 from .specs import ExportOptions, check_input_spec, np_dtype
 from .staging import check_out_dir, staging
@@ -180,11 +180,10 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
             raise ExportError(f"feed_names: {missing} are not inputs of the program")
         if not fetch_vars:
             raise ExportError("fetch_vars is required: the program has no fetch ops")
-        params = legacy_persistables(block) if legacy else [p.name for p in block.all_parameters()]
     timer = Timer()
     with staging(out_dir, opts.name, opts.suffixes) as (tmp, final):
-        with timer("paddle_save"), program_mode(program), paddle.static.scope_guard(scope), \
-                folded_program(program, params, scope):
+        with timer("paddle_save"), folded_program(program, scope), program_mode(program), \
+                paddle.static.scope_guard(scope):
             exe = paddle.static.Executor(paddle.CPUPlace())
             try:
                 paddle.static.save_inference_model(os.path.join(tmp, opts.name), feed_vars, list(fetch_vars), exe,

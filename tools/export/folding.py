@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
-import numpy as np
 import paddle
 
 import paddleslim_dygraph
-
-from paddleslim_static.core.naming import mask_name
+import paddleslim_static
 
 __all__ = ["folded_layer", "folded_program"]
 
@@ -28,24 +26,7 @@ def folded_layer(layer: paddle.nn.Layer) -> Iterator[None]:
         layer.train() if training else layer.eval()
 
 
-@contextlib.contextmanager
-def folded_program(program: Any, params: Sequence[str], scope: Any) -> Iterator[None]:
-    """Inside: every parameter of ``program`` with a ``<param>_mask`` variable in ``scope`` multiplied by it;
-    the weights are restored on exit."""
-    # TEMPORARY until paddleslim_static.folded(program, scope) lands.
-    saved = []
-    try:
-        for n in params:
-            mv, pv = scope.find_var(mask_name(n)), scope.find_var(n)
-            if mv is None or pv is None:
-                continue
-            t = pv.get_tensor()
-            w, m = np.array(t), np.array(mv.get_tensor())
-            if m.shape != w.shape:
-                continue
-            saved.append((t, w))
-            t.set((w * m.astype(w.dtype)).astype(w.dtype), paddle.CPUPlace())
-        yield
-    finally:
-        for t, w in saved:
-            t.set(w, paddle.CPUPlace())
+def folded_program(program: Any, scope: Any) -> "contextlib.AbstractContextManager[Any]":
+    """Inside: every parameter of ``program`` with a ``<param>_mask`` variable (bool or bit-packed) in ``scope``
+    holds ``weight * mask``; the weights are restored bit for bit on exit."""
+    return paddleslim_static.folded(program, scope)
