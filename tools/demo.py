@@ -223,14 +223,20 @@ def _export_command(result: DemoResult, out_dir: Path) -> str:
 
 
 class _StepLog(logging.Handler):
-    """Shows the export tool's INFO log records as progress lines while it runs."""
+    """While the export runs: its INFO records become progress lines; warnings go to the root handlers as usual
+    (the export loggers stop propagating meanwhile, so INFO lines are not printed twice)."""
 
     def __init__(self, out: _Out) -> None:
         super().__init__(logging.INFO)
         self.out = out
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.out(f"  export: {record.getMessage()}")
+        if record.levelno < logging.WARNING:
+            self.out(f"  export: {record.getMessage()}")
+            return
+        for h in logging.getLogger().handlers:
+            if record.levelno >= h.level:
+                h.handle(record)
 
 
 def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> bool:
@@ -241,16 +247,18 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> 
     model.eval()
     out(f"== export to {out_dir} (Paddle inference model, ONNX, compressed ONNX, verification) ==", always=True)
     handler, loggers = _StepLog(out), [logging.getLogger("paddleslim"), logging.getLogger("paddleslim_tools")]
-    levels = [lg.level for lg in loggers]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
+        lg.propagate = False
     try:
         report = export_layer(model, spec, str(out_dir), name=f"{data.name}_cnn")
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, (level, propagate) in zip(loggers, saved):
             lg.removeHandler(handler)
             lg.setLevel(level)
+            lg.propagate = propagate
     out(report.format_table(), always=True)
     steps = getattr(report, "timings", None) or {}
     if steps:
