@@ -248,10 +248,13 @@ def main(argv=None) -> int:
         datasets.append(("mnist", load_mnist(args.mnist_dir), args.mnist_epochs, 128))
     results: Dict[str, Dict[str, object]] = {}
     t0 = time.perf_counter()
+    partial = args.out.with_suffix(".partial.json")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name, data, epochs, batch in datasets:
         runs = []
         for seed in range(args.seeds):
             runs.append(dygraph_seed(data, seed, epochs, batch, args.lr, SPARSITIES))
+            partial.write_text(json.dumps({"dataset": name, "runs": runs}, indent=1))  # survives a later crash
             print(f"[{time.perf_counter() - t0:7.1f} s] {name} seed {seed}: dense {runs[-1]['dense']:.4f} "
                   + " ".join(f"{s}: gmp {runs[-1][str(s)]['gmp']:.4f} os+ft {runs[-1][str(s)]['oneshot_ft']:.4f}"
                              for s in SPARSITIES), flush=True)
@@ -268,8 +271,8 @@ def main(argv=None) -> int:
         print(f"\n## {name} ({args.seeds} seeds, {epochs} dense epochs, batch {batch})\n")
         print(markdown(res["table"], SPARSITIES, res.get("static")), flush=True)
     res_all = {"results": results, "seconds": time.perf_counter() - t0}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res_all, indent=1))
+    partial.unlink()
     plot(results, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')} "
           f"in {res_all['seconds']:.0f} s", flush=True)
