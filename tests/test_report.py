@@ -229,3 +229,12 @@ def test_cli_without_matplotlib_names_the_extra(tmp_path):
     err = [ln for ln in p.stderr.splitlines() if "paddleslim-report" in ln]
     assert p.returncode == 2 and len(err) == 1 and "[plot]" in err[0] and "--no-plots" in err[0], p.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["paddleslim_tools.sparsity_report", "paddleslim_tools.deployment",
+                                  "paddleslim_tools.demo"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
