@@ -60,12 +60,14 @@ class UnstructuredPruner(Pruner):
         skip_params_func: Optional[Callable[[paddle.nn.Layer], Iterable[str]]] = None,
         local_sparsity: bool = False,
         sparse_block: Sequence[int] = (1, 1),
+        *,
+        sparse_pattern: Optional[str] = None,
     ) -> None:
         self.model = check_model(model)
         super().__init__(
             LayerBackend(self.model), mode=mode, ratio=ratio, threshold=threshold,
             prune_params_type=prune_params_type, skip_params_func=skip_params_func, local_sparsity=local_sparsity,
-            sparse_block=sparse_block,
+            sparse_block=sparse_block, sparse_pattern=sparse_pattern,
         )
 
     def param_ids(self) -> Set[int]:
@@ -133,13 +135,15 @@ class GMPUnstructuredPruner(UnstructuredPruner):
         local_sparsity: bool = False,
         sparse_block: Sequence[int] = (1, 1),
         configs: Optional[dict] = None,
+        *,
+        sparse_pattern: Optional[str] = None,
     ) -> None:
         schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the model is touched
         self.model = check_model(model)
         Pruner.__init__(
             self, LayerBackend(self.model), mode="ratio", ratio=ratio, prune_params_type=prune_params_type,
             skip_params_func=skip_params_func, local_sparsity=local_sparsity, sparse_block=sparse_block,
-            schedule=schedule,
+            schedule=schedule, sparse_pattern=sparse_pattern,
         )
 
 

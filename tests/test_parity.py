@@ -132,6 +132,8 @@ OPTIONS = {
     "conv1x1": dict(mode="ratio", ratio=0.6, prune_params_type="conv1x1_only"),
     "lite": dict(mode="ratio", ratio=0.7, prune_params_type="lite_sparse_conv"),
     "lite-2x1": dict(mode="ratio", ratio=0.7, prune_params_type="lite_sparse_conv", sparse_block=(2, 1)),
+    "nm2:4": dict(mode="threshold", threshold=0.0, sparse_pattern="2:4"),
+    "nm1:4-ratio-local": dict(mode="ratio", ratio=0.8, local_sparsity=True, sparse_pattern="1:4"),
 }
 CASES = [(net, opt) for net in ("mlp", "lenet", "mobilenet") for opt in OPTIONS
          if not opt.startswith(("conv1x1", "lite")) or net == "mobilenet"]
@@ -183,6 +185,26 @@ def test_lite_sparse_conv_preset_takes_exactly_the_eligible_convs_in_both_modes(
     _assert_same(d, s, pd, ps)
     for m in s.masks(ps).values():  # 2x1 blocks: output channels pruned in pairs
         assert (m[0::2] == m[1::2]).all()
+
+
+@pytest.mark.parametrize("net", ["mlp", "mobilenet"])
+def test_nm_pattern_masks_are_nm_sparse_and_keep_the_largest(net):
+    from paddleslim_dygraph.nm import check_nm
+    from paddleslim_static.core.nm import nm_mask
+
+    d, s = _pair(NETS[net])
+    before = d.weights()
+    pd = d.pruner(mode="threshold", threshold=0.0, sparse_pattern="2:4")
+    ps = s.pruner(mode="threshold", threshold=0.0, sparse_pattern="2:4")
+    pd.step()
+    ps.step()
+    _assert_same(d, s, pd, ps)
+    verdicts = check_nm(d.model, 2, 4)
+    assert all(verdicts[n].ok for n in pd.prunable_params)
+    for n, m in d.masks(pd).items():
+        np.testing.assert_array_equal(m, nm_mask(before[n], 2, 4, "linear" if m.ndim == 2 else "conv"), err_msg=n)
+    with pytest.raises(ValueError, match="sparse_pattern"):
+        d.pruner(mode="ratio", ratio=0.5, sparse_pattern="4:2")
 
 
 def test_conv1x1_only_needs_1x1_convs():

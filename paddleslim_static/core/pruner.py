@@ -33,6 +33,7 @@ from typing import (
 import numpy as np
 
 from . import engine
+from .nm import CONV, LINEAR, fill_nm_mask, nm_skip_reason, parse_pattern
 from .packing import pack_mask, unpack_mask
 from .params import ParamInfo, resolve_prunable
 from .schedule import GMPSchedule
@@ -115,6 +116,7 @@ class Pruner:
         local_sparsity: bool = False,
         sparse_block: Sequence[int] = (1, 1),
         schedule: Optional[GMPSchedule] = None,
+        sparse_pattern: Optional[str] = None,
     ) -> None:
         mode = check_mode(mode)
         ratio = check_ratio(ratio)
@@ -128,9 +130,21 @@ class Pruner:
             raise TypeError(f"skip_params_func must be callable or None; got {skip_params_func!r}")
         if schedule is not None and (mode != "ratio" or not isinstance(schedule, GMPSchedule)):
             raise TypeError(f"schedule must be a GMPSchedule with mode='ratio'; got {schedule!r}, mode={mode!r}")
+        pattern = None if sparse_pattern is None else parse_pattern(sparse_pattern)
+        if pattern is not None and block != (1, 1):
+            raise ValueError(f"sparse_pattern={sparse_pattern!r} and sparse_block={block} cannot be combined: "
+                             "N:M groups are single weights along the reduction axis")
         infos = backend.param_infos()
         skip_names = _call_skip(skip_params_func, backend.target)
         prunable, skipped = resolve_prunable(infos, skip_names, prune_params_type)
+        layouts: Dict[str, Any] = {}
+        if pattern is not None:  # N:M applies to matmul [in, out] and conv [out, in, kh, kw] weights only
+            for p in prunable:
+                layout = {2: LINEAR, 4: CONV}.get(len(p.shape))
+                if layout is not None and nm_skip_reason(p.shape, pattern[1], layout) is None:
+                    layouts[p.name] = layout
+            skipped = skipped | {p.name for p in prunable if p.name not in layouts}
+            prunable = [p for p in prunable if p.name in layouts]
         if not prunable:
             raise ValueError(
                 f"nothing to prune: all {len(infos)} parameters are skipped "
@@ -144,6 +158,8 @@ class Pruner:
         self.mode = mode
         self.local_sparsity = local_sparsity
         self.sparse_block: Tuple[int, int] = block
+        self.sparse_pattern: Optional[Tuple[int, int]] = pattern
+        self._layouts = layouts
         self.prune_params_type = prune_params_type
         self.skip_params = skipped
         self.threshold = float(threshold)  # as given; compared in float32
@@ -205,7 +221,7 @@ class Pruner:
                 if self.mode == "ratio":
                     sources = engine.score_sources(weights, self.sparse_block)
                     g, per = self._thresholds_for(weights, ratio, sources)
-                engine.fill_masks(weights, masks, g, per, self.sparse_block, apply=True, sources=sources)
+                self._fill(weights, masks, g, per, apply=True, sources=sources)
         if recompute:
             self._backend.masks_written()
         self._commit(ratio, g, per)
@@ -364,6 +380,20 @@ class Pruner:
             return self.threshold, {n: float(t) for n, t in per.items()}
         return float(g), {}
 
+    def _fill(self, weights: Arrays, masks: Arrays, threshold: float, thresholds: Mapping[str, float], apply: bool,
+              sources: Optional[engine.Sources] = None) -> None:
+        """masks = score >= threshold (and, with a sparse_pattern, the N:M mask of the same weights); apply: zero the
+        pruned weights."""
+        if self.sparse_pattern is None:
+            engine.fill_masks(weights, masks, threshold, thresholds, self.sparse_block, apply=apply, sources=sources)
+            return
+        engine.fill_masks(weights, masks, threshold, thresholds, self.sparse_block, apply=False, sources=sources)
+        n, m = self.sparse_pattern
+        for name, w in weights.items():
+            fill_nm_mask(w, n, m, self._layouts[name], out=masks[name], intersect=True)
+        if apply:  # multiply, like every other path (and the static program's mask op): same bits, -0.0 included
+            engine.apply_masks(weights, masks)
+
     def _commit(self, ratio: float, threshold: float, thresholds: Mapping[str, float]) -> None:
         self.ratio = ratio
         self.threshold = float(threshold)
@@ -372,7 +402,7 @@ class Pruner:
 
     def _masks_from_threshold(self, apply: bool) -> None:
         with self._backend.open(self._prunable) as (weights, masks):
-            engine.fill_masks(weights, masks, self.threshold, {}, self.sparse_block, apply=apply)
+            self._fill(weights, masks, self.threshold, {}, apply=apply)
         self._backend.masks_written()
         self._backend.store_thresholds(self.threshold, self.thresholds)
         if apply:
