@@ -197,35 +197,45 @@ def markdown(table, sparsities, static: Optional[Dict[str, object]] = None) -> s
 
 
 def plot(results: Dict[str, Dict[str, object]], path: Path) -> None:
+    """Per dataset: all arms on a 0-100% axis (left) and the close ones zoomed (right)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.2), squeeze=False)
-    for ax, (name, res) in zip(axes[0], results.items()):
+    fig, axes = plt.subplots(len(results), 2, figsize=(12, 4.3 * len(results)), squeeze=False)
+    styles = {"oneshot": ("one-shot, no fine-tune", "tab:red", "s"),
+              "oneshot_ft": ("one-shot + fine-tune (same budget)", "tab:orange", "^"),
+              "gmp": ("GMP", "tab:blue", "o")}
+    for row, (name, res) in zip(axes, results.items()):
         table, sp = res["table"], res["sparsities"]
         xs = np.arange(len(sp))
         d = table["dense_long"]["0"]
-        ax.axhspan((d[0] - d[1]) * 100, (d[0] + d[1]) * 100, color="0.85",
-                   label=f"dense, same budget: {d[0]:.2%} (± 1 sd)")
-        ax.axhline(d[0] * 100, color="0.4", lw=1)
-        styles = {"oneshot": ("one-shot, no fine-tune", "tab:red", "s"),
-                  "oneshot_ft": ("one-shot + fine-tune", "tab:orange", "^"),
-                  "gmp": ("GMP", "tab:blue", "o")}
-        for arm, (label, color, marker) in styles.items():
-            m = np.array([table[arm][str(s)][0] for s in sp]) * 100
-            e = np.array([table[arm][str(s)][1] for s in sp]) * 100
-            ax.errorbar(xs, m, yerr=e, label=label, color=color, marker=marker, capsize=3)
-        ax.set_xticks(xs, [f"{s:.0%}" for s in sp])
-        ax.set_xlabel("sparsity of the prunable weights")
-        ax.set_ylabel("held-out accuracy (%)")
-        low = min(table["oneshot_ft"][str(sp[-1])][0], table["gmp"][str(sp[-1])][0]) * 100
-        ax.set_ylim(max(0, min(low - 5, d[0] * 100 - 10)), 100.5)
-        ax.set_title(f"{name}: mean ± sd over {res['seeds']} seeds")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8)
+        for k, ax in enumerate(row):
+            ax.axhspan((d[0] - d[1]) * 100, (d[0] + d[1]) * 100, color="0.85",
+                       label=f"dense, same budget: {d[0]:.2%} ± {d[1]:.2%}")
+            ax.axhline(d[0] * 100, color="0.4", lw=1)
+            for arm, (label, color, marker) in styles.items():
+                if k == 1 and arm == "oneshot":
+                    continue
+                m = np.array([table[arm][str(s)][0] for s in sp]) * 100
+                e = np.array([table[arm][str(s)][1] for s in sp]) * 100
+                ax.errorbar(xs + (0.04 if arm == "gmp" else 0), m, yerr=e, label=label, color=color,
+                            marker=marker, capsize=3)
+            ax.set_xticks(xs, [f"{s:.0%}" for s in sp])
+            ax.set_xlabel("sparsity of the prunable weights")
+            ax.set_ylabel("held-out accuracy (%)")
+            ax.grid(alpha=0.3)
+            if k == 0:
+                ax.set_ylim(0, 101)
+                ax.set_title(f"{name}: mean ± sd over {res['seeds']} seeds")
+                ax.legend(loc="lower left", fontsize=8)
+            else:
+                vals = [table[a][str(s)][0] * 100 for a in ("oneshot_ft", "gmp") for s in sp] + [d[0] * 100]
+                ax.set_ylim(min(vals) - 2, min(100.2, max(vals) + 1.5))
+                ax.set_title(f"{name}: zoom (dense, one-shot + fine-tune, GMP)")
+                ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
