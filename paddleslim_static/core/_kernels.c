@@ -113,54 +113,72 @@ static uint32_t stream_portable(const unsigned char *bits, Py_ssize_t n, uint32_
 }
 
 #ifdef HAVE_AVX2_PATH
-/* AVX2 version: 16 keys per step, unsigned compares via a sign flip, band keys found with movemask + ctz. */
+static uint32_t pack_lut[256][8]; /* pack_lut[m]: the indices of the set bits of m, then zeros */
+
+static void init_pack_lut(void)
+{
+    for (int m = 0; m < 256; m++) {
+        int j = 0;
+        for (int bit = 0; bit < 8; bit++)
+            if (m & (1 << bit))
+                pack_lut[m][j++] = (uint32_t)bit;
+        for (; j < 8; j++)
+            pack_lut[m][j] = 0;
+    }
+}
+
+/* AVX2 version, 16 keys per step. Keys are < 2^31 once the sign bit is cleared and lo <= hi <= 0x7FFFFFFF
+ * (checked by the caller), so signed compares order them: k <= lo <=> !(k > lo), lo < k <= hi <=> (k > lo) &
+ * !(k > hi). The counter sums the (k > lo) lanes; band keys are found with movemask + ctz. */
 __attribute__((target("avx2"))) static uint32_t stream_avx2(const unsigned char *bits, Py_ssize_t n, uint32_t lo,
                                                             uint32_t hi, uint64_t *n_le, unsigned char *band,
                                                             Py_ssize_t *nb)
 {
-    const uint32_t start = lo + 1u, width = hi - lo - 1u;
     const int has_band = hi > lo;
-    const __m256i ABS = _mm256_set1_epi32(0x7FFFFFFF), FLIP = _mm256_set1_epi32((int)0x80000000u);
-    /* keys are < 2^31, lo <= hi <= 0x7FFFFFFF (checked by the caller), so lo + 1 and width + 1 = hi - lo cannot
-     * overflow: k <= lo <=> k < lo + 1;  (k - start) <= width <=> (k - start) < width + 1  (unsigned, via FLIP) */
-    const __m256i LO1 = _mm256_set1_epi32((int)((lo + 1u) ^ 0x80000000u));
-    const __m256i START = _mm256_set1_epi32((int)start);
-    const __m256i WIDTH1 = _mm256_set1_epi32((int)((width + 1u) ^ 0x80000000u));
+    const __m256i ABS = _mm256_set1_epi32(0x7FFFFFFF);
+    const __m256i LO = _mm256_set1_epi32((int)lo), HI = _mm256_set1_epi32((int)hi);
     __m256i vmx0 = _mm256_setzero_si256(), vmx1 = _mm256_setzero_si256();
     Py_ssize_t b = 0, i = 0;
-    uint64_t le = 0;
+    uint64_t gt = 0;
     uint32_t t[8], mx = 0;
-    while (i + 16 <= n) {
-        Py_ssize_t end = i + ((n - i) & ~(Py_ssize_t)15);
-        if (end - i > ((Py_ssize_t)1 << 24)) /* per-lane counters stay below 2^32 */
-            end = i + ((Py_ssize_t)1 << 24);
-        __m256i vle = _mm256_setzero_si256();
+    const Py_ssize_t n16 = n & ~(Py_ssize_t)15;
+    while (i < n16) {
+        Py_ssize_t end = n16 - i > ((Py_ssize_t)1 << 24) ? i + ((Py_ssize_t)1 << 24) : n16; /* lanes < 2^32 */
+        __m256i vgt = _mm256_setzero_si256();
         for (; i < end; i += 16) {
             __m256i k0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(bits + 4 * i)), ABS);
             __m256i k1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(bits + 4 * i + 32)), ABS);
-            vmx0 = _mm256_max_epu32(vmx0, k0);
-            vmx1 = _mm256_max_epu32(vmx1, k1);
-            vle = _mm256_sub_epi32(vle, _mm256_cmpgt_epi32(LO1, _mm256_xor_si256(k0, FLIP)));
-            vle = _mm256_sub_epi32(vle, _mm256_cmpgt_epi32(LO1, _mm256_xor_si256(k1, FLIP)));
+            vmx0 = _mm256_max_epi32(vmx0, k0);
+            vmx1 = _mm256_max_epi32(vmx1, k1);
+            __m256i g0 = _mm256_cmpgt_epi32(k0, LO), g1 = _mm256_cmpgt_epi32(k1, LO);
+            vgt = _mm256_sub_epi32(vgt, g0);
+            vgt = _mm256_sub_epi32(vgt, g1);
             if (!has_band)
                 continue;
-            __m256i b0 = _mm256_cmpgt_epi32(WIDTH1, _mm256_xor_si256(_mm256_sub_epi32(k0, START), FLIP));
-            __m256i b1 = _mm256_cmpgt_epi32(WIDTH1, _mm256_xor_si256(_mm256_sub_epi32(k1, START), FLIP));
-            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(b0)) |
-                         ((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(b1)) << 8);
-            while (m) {
-                store_u32(band, b++, load_u32(bits, i + __builtin_ctz(m)) & ABS_MASK);
-                m &= m - 1;
-            }
+            __m256i b0 = _mm256_andnot_si256(_mm256_cmpgt_epi32(k0, HI), g0);
+            __m256i b1 = _mm256_andnot_si256(_mm256_cmpgt_epi32(k1, HI), g1);
+            /* branch-free left-pack: the band lanes of each 8 keys moved to the front and stored at band + b
+             * (b <= i, so the 8-lane store stays inside band_out, which holds n items); b advances by their count */
+            __m256i any = _mm256_or_si256(b0, b1);
+            if (_mm256_testz_si256(any, any))
+                continue;
+            unsigned m0 = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(b0));
+            unsigned m1 = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(b1));
+            _mm256_storeu_si256((__m256i *)(band + 4 * b),
+                                _mm256_permutevar8x32_epi32(k0, _mm256_loadu_si256((const __m256i *)pack_lut[m0])));
+            b += __builtin_popcount(m0);
+            _mm256_storeu_si256((__m256i *)(band + 4 * b),
+                                _mm256_permutevar8x32_epi32(k1, _mm256_loadu_si256((const __m256i *)pack_lut[m1])));
+            b += __builtin_popcount(m1);
         }
-        _mm256_storeu_si256((__m256i *)t, vle);
+        _mm256_storeu_si256((__m256i *)t, vgt);
         for (int j = 0; j < 8; j++)
-            le += t[j];
+            gt += t[j];
     }
-    _mm256_storeu_si256((__m256i *)t, _mm256_max_epu32(vmx0, vmx1));
+    _mm256_storeu_si256((__m256i *)t, _mm256_max_epi32(vmx0, vmx1));
     for (int j = 0; j < 8; j++)
         mx = t[j] > mx ? t[j] : mx;
-    return stream_tail(bits, i, n, lo, hi, le, mx, band, b, n_le, nb);
+    return stream_tail(bits, i, n, lo, hi, (uint64_t)n16 - gt, mx, band, b, n_le, nb);
 }
 #endif
 
@@ -251,23 +269,43 @@ static void acc_row(double *restrict acc, const unsigned char *restrict row, Py_
             acc[c] += (double)fabsf(load_f32(row, c));
 }
 
+/* s[J] = acc[J*L] + acc[J*L + 1] + ... (left to right, as the numpy code adds them), for the full blocks */
+MULTIVERSION
+static void block_sums(const double *restrict acc, double *restrict s, Py_ssize_t nfull, Py_ssize_t L)
+{
+    for (Py_ssize_t J = 0; J < nfull; J++)
+        s[J] = acc[J * L];
+    for (Py_ssize_t c = 1; c < L; c++)
+        for (Py_ssize_t J = 0; J < nfull; J++)
+            s[J] += acc[J * L + c];
+}
+
+MULTIVERSION
+static void block_means(const double *restrict s, unsigned char *restrict out, Py_ssize_t nfull, double count)
+{
+    for (Py_ssize_t J = 0; J < nfull; J++)
+        store_f32(out, J, (float)(s[J] / count));
+}
+
 static int block_scores_f32(const unsigned char *w, Py_ssize_t rows, Py_ssize_t D, Py_ssize_t m, Py_ssize_t L,
                             unsigned char *out)
 {
-    double *acc = (double *)malloc((size_t)(D > 0 ? D : 1) * sizeof(double));
+    const Py_ssize_t nbj = (D + L - 1) / L, nfull = D / L;
+    double *acc = (double *)malloc((size_t)(D + nbj + 1) * sizeof(double));
     if (acc == NULL)
         return -1;
-    const Py_ssize_t nbj = (D + L - 1) / L;
+    double *sums = acc + D;
     for (Py_ssize_t r0 = 0, I = 0; r0 < rows; r0 += m, I++) {
         const Py_ssize_t nr = rows - r0 < m ? rows - r0 : m;
         for (Py_ssize_t r = 0; r < nr; r++)
             acc_row(acc, w + 4 * (r0 + r) * D, D, r == 0);
-        for (Py_ssize_t J = 0; J < nbj; J++) {
-            const Py_ssize_t c0 = J * L, c1 = c0 + L < D ? c0 + L : D;
-            double s = acc[c0];
-            for (Py_ssize_t c = c0 + 1; c < c1; c++)
-                s += acc[c];
-            store_f32(out, I * nbj + J, (float)(s / (double)(nr * (c1 - c0))));
+        block_sums(acc, sums, nfull, L);
+        block_means(sums, out + 4 * I * nbj, nfull, (double)(nr * L));
+        if (nfull < nbj) { /* the narrower last block column */
+            double t = acc[nfull * L];
+            for (Py_ssize_t c = nfull * L + 1; c < D; c++)
+                t += acc[c];
+            store_f32(out, I * nbj + nfull, (float)(t / (double)(nr * (D - nfull * L))));
         }
     }
     free(acc);
@@ -278,15 +316,18 @@ static void block_mask_apply_f32(unsigned char *w, unsigned char *mask, const un
                                  Py_ssize_t D, Py_ssize_t m, Py_ssize_t L, uint32_t t_key, int apply)
 {
     const Py_ssize_t nbj = (D + L - 1) / L;
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        const Py_ssize_t I = r / m;
-        unsigned char *mrow = mask + r * D;
+    for (Py_ssize_t r0 = 0, I = 0; r0 < rows; r0 += m, I++) {
+        const Py_ssize_t nr = rows - r0 < m ? rows - r0 : m;
+        unsigned char *first = mask + r0 * D; /* the block row's mask row, written once and copied */
         for (Py_ssize_t J = 0; J < nbj; J++) {
             const Py_ssize_t c0 = J * L, c1 = c0 + L < D ? c0 + L : D;
-            memset(mrow + c0, (load_u32(keys, I * nbj + J) & ABS_MASK) >= t_key, (size_t)(c1 - c0));
+            memset(first + c0, (load_u32(keys, I * nbj + J) & ABS_MASK) >= t_key, (size_t)(c1 - c0));
         }
+        for (Py_ssize_t r = 1; r < nr; r++)
+            memcpy(first + r * D, first, (size_t)D);
         if (apply)
-            apply_f32(w + 4 * r * D, mrow, D);
+            for (Py_ssize_t r = 0; r < nr; r++)
+                apply_f32(w + 4 * (r0 + r) * D, first + r * D, D);
     }
 }
 
@@ -620,4 +661,10 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Single-pass kernels of the core.", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void)
+{
+#ifdef HAVE_AVX2_PATH
+    init_pack_lut();
+#endif
+    return PyModule_Create(&module);
+}

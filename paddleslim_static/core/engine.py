@@ -6,7 +6,8 @@ apart from writing into the ``masks`` / ``weights`` arrays it is handed.
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Tuple
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -26,10 +27,25 @@ def score_sources(weights: Mapping[str, np.ndarray], block: Block) -> Dict[str, 
     return {n: score_source(w, block, n) for n, w in weights.items()}
 
 
+Hint = Union[None, float, Mapping[str, float]]
+_HINTS: "OrderedDict[tuple, Tuple[Optional[float], Dict[str, float]]]" = OrderedDict()
+_HINTS_MAX = 16
+
+
+def _site(weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block) -> tuple:
+    """What identifies a repeated call (same parameters, ratio and options): the key of the warm-start cache."""
+    return (float(ratio), bool(local), tuple(block)) + tuple((n, w.shape, w.dtype.str) for n, w in weights.items())
+
+
 def ratio_thresholds(
-    weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block, sources: Optional[Sources] = None
+    weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block, sources: Optional[Sources] = None,
+    *, hint: Hint = None,
 ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
     """(global threshold, per-parameter thresholds) for ratio mode; exactly one of them is filled.
+
+    ``hint``: the previous threshold (a float; local mode: {name: float}) to warm-start the selection from.
+    Without one, the thresholds of the last call with the same parameters, ratio and options are used (a
+    small in-process cache). Hints change only the speed, never the result.
 
     >>> import numpy as np
     >>> w = {'a': np.array([[1., -2.], [3., 0.]], np.float32), 'b': np.array([[0.5, 4.]], np.float32)}
@@ -38,9 +54,20 @@ def ratio_thresholds(
     (2.0, {})
     """
     sources = score_sources(weights, block) if sources is None else sources
+    site = _site(weights, ratio, local, block)
+    cached_g, cached_per = _HINTS.get(site, (None, {}))
     if local:
-        return None, {n: ratio_threshold([sources[n]], ratio) for n in weights}
-    return ratio_threshold([sources[n] for n in weights], ratio), {}
+        hints = hint if isinstance(hint, Mapping) else cached_per
+        per = {n: ratio_threshold([sources[n]], ratio, hint=hints.get(n)) for n in weights}
+        result: Tuple[Optional[np.float32], Dict[str, np.float32]] = (None, per)
+    else:
+        g_hint = cached_g if hint is None or isinstance(hint, Mapping) else float(hint)
+        result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint), {})
+    _HINTS[site] = (None if result[0] is None else float(result[0]), {n: float(t) for n, t in result[1].items()})
+    _HINTS.move_to_end(site)
+    while len(_HINTS) > _HINTS_MAX:
+        _HINTS.popitem(last=False)
+    return result
 
 
 def fill_masks(

@@ -32,6 +32,7 @@ __all__ = ["ScoreSource", "kth_smallest", "prune_count", "ratio_threshold", "Non
 _ABS = np.uint32(0x7FFFFFFF)
 _INF_KEY = np.uint32(0x7F800000)
 CHUNK = 1 << 18
+C_CHUNK = 1 << 20  # keys per C call: fewer Python round trips; the band buffer is touched only where written
 DIRECT_MAX = 1 << 16
 SAMPLE_MIN, SAMPLE_MAX = 1 << 14, 1 << 18
 
@@ -108,7 +109,13 @@ def _select_in(keys: np.ndarray, counts: Optional[np.ndarray], r: int) -> int:
     Weighted: the small band is ordered and its counts accumulated (nothing the size of the elements is built)."""
     if counts is None:
         return int(np.partition(keys, r)[r])
-    order = np.argsort(keys, kind="stable")
+    if counts.size and counts.min() == counts.max():  # all blocks the same size: the (r // c)-th key
+        return int(np.partition(keys, r // int(counts[0]))[r // int(counts[0])])
+    if counts.size and counts.max() < (1 << 32):  # one sort of (key, count) packed in 64 bits
+        packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | counts.astype(np.uint64))
+        cum = np.cumsum(packed & np.uint64(0xFFFFFFFF))
+        return int(packed[int(np.searchsorted(cum, r, side="right"))] >> np.uint64(32))
+    order = np.argsort(keys)
     cum = np.cumsum(counts[order])
     return int(keys[order[int(np.searchsorted(cum, r, side="right"))]])
 
@@ -248,14 +255,15 @@ class _Pass:
         return c_le, key[dm], None if c is None else c[dm], mx
 
 
-def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int, chunk: int):
+def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int,
+            chunk: Optional[int] = None):
     """One pass: how many elements have key <= lo, and the keys (with counts) in (lo, hi].
 
     On the C path the tasks are split into contiguous groups, one per thread; results are combined in task
     order, so the band and the count do not depend on the thread count."""
     use_c = kernels.enabled() and all(
         kernels.keys_eligible(k) and (s.counts is None) for s, k in zip(sources, key_arrays))
-    tasks = _tasks(sources, key_arrays, chunk, use_c)
+    tasks = _tasks(sources, key_arrays, (C_CHUNK if use_c else CHUNK) if chunk is None else chunk, use_c)
     weighted = any(s.weighted for s in sources)
     size = max([b - a for _, a, b in tasks] + [1])
     groups = [tasks]
@@ -278,20 +286,41 @@ def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: in
     return n_le, keys_out, counts_out
 
 
-def _count_below(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], key: int, chunk: int) -> int:
+def _count_below(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], key: int,
+                 chunk: Optional[int] = None) -> int:
     """How many elements have a key < ``key``."""
     return 0 if key <= 0 else _stream(sources, key_arrays, key - 1, key - 1, chunk)[0]
+
+
+HINT_WIDTH = 2.0 ** -8  # a hint's bracket: keys within +-0.4% (relative) of the hinted value
+
+
+def _hint_bracket(hint: Optional[float]) -> Optional[Tuple[int, int]]:
+    """(lo, hi) keys around a positive finite hint, or None (no usable hint)."""
+    if hint is None:
+        return None
+    h = float(hint)
+    if not (math.isfinite(h) and h > 0.0):
+        return None
+    lo = int(np.array(h * (1.0 - HINT_WIDTH), np.float32).view(np.uint32))
+    hi = int(np.array(h * (1.0 + HINT_WIDTH), np.float32).view(np.uint32))
+    return (max(lo - 1, 0), hi) if 0 < hi < int(_INF_KEY) else None
 
 
 def kth_smallest(
     sources: Sequence[ScoreSource],
     k: int,
     *,
-    chunk: int = CHUNK,
+    chunk: Optional[int] = None,
     direct_max: int = DIRECT_MAX,
     seed: int = 0,
+    hint: Optional[float] = None,
 ) -> np.float32:
     """The k-th (0-based) smallest score over all sources, exactly.
+
+    ``hint``: a score expected close to the answer (e.g. the previous step's threshold). The first pass then
+    gathers only the keys within +-0.4% of it and no sample is drawn; if the answer lies outside, the sampled
+    bracket takes over (one more pass). The result never depends on the hint.
 
     >>> import numpy as np
     >>> w = np.array([0.5, -0.1, 0.3, -0.9], np.float32)
@@ -308,6 +337,12 @@ def kth_smallest(
         return np.uint32(_direct(sources, k)).view(np.float32)
     key_arrays = [s.keys_array() for s in sources]
     q = k / total
+    warm = _hint_bracket(hint)
+    if warm is not None:
+        n_le, band, band_counts = _stream(sources, key_arrays, warm[0], warm[1], chunk)
+        r = k - n_le
+        if 0 <= r < (band.size if band_counts is None else int(band_counts.sum())):
+            return np.uint32(_select_in(band, band_counts, r)).view(np.float32)
     sample = _sample(key_arrays, np.random.default_rng(seed))
     lo, hi = _bracket(sample, q)
     while True:

@@ -1,0 +1,146 @@
+"""Streaming block scores, block masks and threads: same bits on C and numpy, any thread count, bounded memory."""
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import reference as ref
+from paddleslim_static.core import engine, kernels, ratio_threshold, score_source, threads
+from paddleslim_static.core.scores import block_scores, mask_from_threshold
+
+needs_c = pytest.mark.skipif(not kernels.available(), reason="C kernels not built")
+
+
+def _both(fn):
+    out = []
+    for flag in (True, False):
+        previous = kernels.use_c(flag)
+        try:
+            out.append(fn())
+        finally:
+            kernels.use_c(previous)
+    return out
+
+
+@st.composite
+def block_case(draw):
+    shape = tuple(draw(st.lists(st.integers(1, 11), min_size=2, max_size=4)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    w = rng.standard_normal(shape).astype(np.float32)
+    if draw(st.booleans()):  # wide dynamic range: float64 sums are inexact, so the summation order shows
+        w *= np.float32(10.0) ** rng.integers(-30, 30, shape).astype(np.float32)
+    block = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    return w, block
+
+
+@needs_c
+@given(block_case())
+def test_block_scores_same_bits_on_c_and_numpy(case):
+    w, block = case
+    c, py = _both(lambda: block_scores(w, block)[0].tobytes())
+    assert c == py
+
+
+@needs_c
+@given(block_case(), st.floats(0, 0.999), st.booleans())
+def test_block_masks_same_bits_on_c_and_numpy(case, ratio, apply):
+    w, block = case
+    def run():
+        ww, m = w.copy(), np.empty(w.shape, bool)
+        src = engine.score_sources({"w": ww}, block)
+        g, _ = engine.ratio_thresholds({"w": ww}, ratio, False, block, src)
+        engine.fill_masks({"w": ww}, {"w": m}, g, {}, block, apply=apply, sources=src)
+        return g.tobytes(), m.tobytes(), ww.tobytes()
+    c, py = _both(run)
+    assert c == py
+
+
+@given(block_case())
+def test_block_scores_match_reference_on_ordinary_weights(case):
+    w, block = case
+    block = (2, 1) if block == (1, 1) else block  # 1 x 1 means plain |w|, not blocks
+    w = np.random.default_rng(w.size).standard_normal(w.shape).astype(np.float32)
+    scores, counts = block_scores(w, block)
+    m, n = block
+    full = ref.element_scores(w, block)
+    np.testing.assert_array_equal(scores, full[::m, ::n].reshape(scores.shape[0], scores.shape[1], -1)[..., 0])
+    assert counts.sum() == w.size
+
+
+def test_noncontiguous_block_masks():
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((10, 14, 3)).astype(np.float32)
+    w = base[:, ::2]  # not contiguous: numpy path
+    out = np.empty(w.shape, bool)
+    t = np.float32(0.7)
+    mask_from_threshold(w, t, (3, 2), out)
+    np.testing.assert_array_equal(out, ref.element_scores(np.ascontiguousarray(w), (3, 2)) >= t)
+
+
+@needs_c
+@pytest.mark.parametrize("block", [(1, 1), (4, 4), (3, 5)])
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_threads_give_identical_results(monkeypatch, block, n_threads):
+    monkeypatch.setattr(kernels, "_MIN_PART", 1000)  # split even these small arrays
+    rng = np.random.default_rng(7)
+    orig = {f"w{i}": rng.standard_normal(s).astype(np.float32)
+            for i, s in enumerate([(301, 77), (64, 32, 3, 3), (5000,), (129, 255)])}
+    orig["w1"][:, :, 0] = 0.0  # a tie mass
+
+    def run(nt):
+        previous = threads.set_num_threads(nt)
+        try:
+            ws = {n: w.copy() for n, w in orig.items()}
+            masks = {n: np.empty(w.shape, bool) for n, w in ws.items()}
+            src = engine.score_sources(ws, block)
+            g, _ = engine.ratio_thresholds(ws, 0.6, False, block, src)
+            t = ratio_threshold(list(src.values()), 0.6, chunk=999, direct_max=0)
+            engine.fill_masks(ws, masks, g, {}, block, apply=True, sources=src)
+            engine.apply_masks(ws, masks)
+            return [g.tobytes(), t.tobytes()] + [ws[n].tobytes() + masks[n].tobytes() for n in ws]
+        finally:
+            threads.set_num_threads(previous)
+    assert run(1) == run(n_threads)
+
+
+def test_thread_knob_validated_and_read_from_env(monkeypatch):
+    with pytest.raises(ValueError, match="n must be"):
+        threads.set_num_threads(0)
+    with pytest.raises(ValueError, match="n must be"):
+        threads.set_num_threads(True)
+    previous = threads.set_num_threads(None)
+    try:
+        monkeypatch.setenv("PADDLESLIM_NUM_THREADS", "3")
+        assert threads.num_threads() == 3
+        monkeypatch.delenv("PADDLESLIM_NUM_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert threads.num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+        assert threads.num_threads() == 1
+    finally:
+        threads.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("c_kernels", [True, False])
+def test_block_ratio_step_extra_memory_is_one_sixteenth(c_kernels):
+    if c_kernels and not kernels.available():
+        pytest.skip("C kernels not built")
+    rng = np.random.default_rng(0)
+    ws = {f"w{i}": rng.standard_normal((512, 512)).astype(np.float32) for i in range(4)}
+    masks = {n: np.empty(w.shape, bool) for n, w in ws.items()}
+    weight_bytes = sum(w.nbytes for w in ws.values())
+    previous = kernels.use_c(c_kernels)
+    tracemalloc.start()
+    try:
+        src = engine.score_sources(ws, (4, 4))
+        g, _ = engine.ratio_thresholds(ws, 0.7, False, (4, 4), src)
+        engine.fill_masks(ws, masks, g, {}, (4, 4), apply=True, sources=src)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        kernels.use_c(previous)
+    # the block scores are weight_bytes / 16; the rest (band, sample, per-row scratch) must stay small
+    assert peak <= weight_bytes / 16 + 3 * 2**20, (peak, weight_bytes)
+    for n, w in ws.items():
+        assert not w[~masks[n]].any()
