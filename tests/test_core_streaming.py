@@ -144,3 +144,44 @@ def test_block_ratio_step_extra_memory_is_one_sixteenth(c_kernels):
     assert peak <= weight_bytes / 16 + 3 * 2**20, (peak, weight_bytes)
     for n, w in ws.items():
         assert not w[~masks[n]].any()
+
+
+# -- warm start ---------------------------------------------------------------------------------------------
+from paddleslim_static.core import ScoreSource, selection  # noqa: E402
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(0, 0.999),
+       st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)),
+       st.sampled_from(["normal", "ties", "zeros"]))
+def test_any_hint_gives_the_exact_threshold(seed, ratio, hint, style):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(3000).astype(np.float32)
+    if style == "ties":
+        w = (np.round(w * 3) / 3).astype(np.float32)
+    elif style == "zeros":
+        w[rng.random(w.size) < 0.6] = 0.0
+    want = ref.ratio_threshold([w], ratio)
+    got = ratio_threshold([ScoreSource(w)], ratio, hint=hint, chunk=256, direct_max=0)
+    assert got.tobytes() == want.tobytes()
+    near = ratio_threshold([ScoreSource(w)], ratio, hint=float(want) * 1.001, chunk=256, direct_max=0)
+    assert near.tobytes() == want.tobytes()
+
+
+def test_good_hint_takes_one_pass_and_no_sample(monkeypatch):
+    rng = np.random.default_rng(4)
+    ws = {f"w{i}": rng.standard_normal((300, 400)).astype(np.float32) for i in range(3)}
+    engine._HINTS.clear()
+    g, _ = engine.ratio_thresholds(ws, 0.7, False, (1, 1))  # cold: fills the cache
+    passes = []
+    real, real_sample = selection._stream, selection._sample
+    monkeypatch.setattr(selection, "_stream", lambda *a, **k: (passes.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(selection, "_sample", lambda *a: pytest.fail("a warm start draws no sample"))
+    for w in ws.values():  # one optimizer-like nudge: the threshold moves a little
+        w *= np.float32(1.0005)
+    g2, _ = engine.ratio_thresholds(ws, 0.7, False, (1, 1))
+    assert len(passes) == 1
+    assert g2.tobytes() == ref.ratio_threshold(list(ws.values()), 0.7).tobytes()
+    monkeypatch.setattr(selection, "_sample", real_sample)
+    per = engine.ratio_thresholds(ws, 0.7, True, (1, 1), hint={n: 1e9 for n in ws})[1]  # useless hints: exact
+    assert {n: t.tobytes() for n, t in per.items()} == {
+        n: ref.ratio_threshold([w], 0.7).tobytes() for n, w in ws.items()}

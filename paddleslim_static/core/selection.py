@@ -263,8 +263,10 @@ def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: in
     order, so the band and the count do not depend on the thread count."""
     use_c = kernels.enabled() and all(
         kernels.keys_eligible(k) and (s.counts is None) for s, k in zip(sources, key_arrays))
-    tasks = _tasks(sources, key_arrays, (C_CHUNK if use_c else CHUNK) if chunk is None else chunk, use_c)
     weighted = any(s.weighted for s in sources)
+    if chunk is None:  # block scores: smaller pieces keep the scratch (12 bytes per key of a piece) small
+        chunk = CHUNK // 4 if weighted else (C_CHUNK if use_c else CHUNK)
+    tasks = _tasks(sources, key_arrays, chunk, use_c)
     size = max([b - a for _, a, b in tasks] + [1])
     groups = [tasks]
     if use_c and threads.num_threads() > 1 and len(tasks) > 1:
@@ -300,7 +302,7 @@ def _hint_bracket(hint: Optional[float]) -> Optional[Tuple[int, int]]:
     if hint is None:
         return None
     h = float(hint)
-    if not (math.isfinite(h) and h > 0.0):
+    if not (math.isfinite(h) and 0.0 < h < 1e38):
         return None
     lo = int(np.array(h * (1.0 - HINT_WIDTH), np.float32).view(np.uint32))
     hi = int(np.array(h * (1.0 + HINT_WIDTH), np.float32).view(np.uint32))
