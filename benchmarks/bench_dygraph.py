@@ -227,6 +227,48 @@ def bench_train(batch: int, rounds: int, warmup: int) -> str:
                           "median pruner.step() (share of no-pruner iteration)"], rows)
 
 
+# -- 3. forward overhead of a live pruner ----------------------------------------------------------
+def bench_forward(batches: Sequence[int], rounds: int) -> str:
+    """Eval forward, MobileNetV1 on 32x32 inputs: a plain model vs the same weights under a live dygraph
+    ``UnstructuredPruner(model, 'ratio', ratio=0.5)`` after one ``step()`` (weights unchanged since)."""
+    from paddle.vision.models import mobilenet_v1
+    paddle.seed(0)
+    pruned = mobilenet_v1()
+    pruner = UnstructuredPruner(pruned, "ratio", ratio=0.5)
+    pruner.step()
+    plain = mobilenet_v1()
+    own = plain.state_dict()
+    plain.set_state_dict({k: v for k, v in pruned.state_dict().items() if k in own})
+    plain.eval()
+    pruned.eval()
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batches:
+        x = paddle.to_tensor(rng.standard_normal((batch, 3, 32, 32), dtype=np.float32))
+        with paddle.no_grad():
+            same = bool(np.array_equal(plain(x).numpy(), pruned(x).numpy()))
+            per_round = max(1, 64 // batch)  # forwards per timed sample: a few ms each
+            for _ in range(3):
+                plain(x), pruned(x)
+            t_plain: List[float] = []
+            t_pruned: List[float] = []
+            for _ in range(rounds):
+                for model, out in ((plain, t_plain), (pruned, t_pruned)):
+                    t0 = time.perf_counter()
+                    for _ in range(per_round):
+                        model(x)
+                    out.append((time.perf_counter() - t0) / per_round)
+        ratios = [b / a - 1 for a, b in zip(t_plain, t_pruned)]
+        rows.append([str(batch), f"{_med(t_plain) * 1e3:.2f} ms", f"{_med(t_pruned) * 1e3:.2f} ms",
+                     f"**{_med(ratios) * 100:+.1f}%** [{min(ratios) * 100:+.1f}% to {max(ratios) * 100:+.1f}%]",
+                     "yes" if same else "**NO**"])
+    pruner.finalize()
+    head = (f"### Forward overhead of a live pruner (MobileNetV1, 3x32x32, eval, no_grad)\n\n"
+            "Plain model vs the same (pruned) weights under `UnstructuredPruner(model, 'ratio', ratio=0.5)` after "
+            f"one `step()`; {rounds} interleaved rounds, overhead paired per round: median [min to max].\n\n")
+    return head + _table(["batch", "plain forward", "with live pruner", "overhead", "same outputs"], rows)
+
+
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -235,6 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="training rounds (default 20; quick 5)")
     ap.add_argument("--skip-step", action="store_true", help="skip the step()/memory benchmark")
     ap.add_argument("--skip-train", action="store_true", help="skip the training-overhead benchmark")
+    ap.add_argument("--skip-forward", action="store_true", help="skip the forward-overhead benchmark")
     args = ap.parse_args(argv)
     reps = args.reps or (5 if args.quick else 7)
     rounds = args.rounds or (5 if args.quick else 20)
@@ -249,6 +292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(report_memory(results) + "\n", flush=True)
     if not args.skip_train:
         print(bench_train(4 if args.quick else 8, rounds, 1 if args.quick else 2) + "\n", flush=True)
+    if not args.skip_forward:
+        print(bench_forward((1, 32), max(rounds, 5) * (1 if args.quick else 2)) + "\n", flush=True)
     print(f"_total benchmark time {time.perf_counter() - t0:.0f} s_")
     return 0
 
