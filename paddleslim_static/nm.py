@@ -150,7 +150,7 @@ def check_nm(program: Any, n: int, m: int, scope: Any = None) -> Dict[str, NMVer
     >>> import paddle
     >>> from paddleslim_static.nm import check_nm
     >>> from paddleslim_static.programs import static_mode
-    >>> with static_mode():
+    >>> with static_mode(), paddle.utils.unique_name.guard():
     ...     main, startup = paddle.static.Program(), paddle.static.Program()
     ...     with paddle.static.program_guard(main, startup):
     ...         y = paddle.nn.Linear(8, 4)(paddle.static.data('x', [None, 8]))
