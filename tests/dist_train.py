@@ -25,7 +25,10 @@ def main(out_prefix: str) -> None:
         opt.step()
         opt.clear_grad()
         pruner.step()
-    arrays = {k: v.numpy() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    arrays = {k: v.numpy() for k, v in state.items()}
+    key_of = {v.name: k for k, v in state.items()}  # masks are not in the state dict: the zeros carry them
+    arrays.update({key_of[n] + "_mask": m.numpy() for n, m in pruner.masks.items()})
     arrays["__threshold__"] = np.array(pruner.threshold)
     np.savez(f"{out_prefix}.rank{rank}.npz", **arrays)
 
