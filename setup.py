@@ -5,7 +5,7 @@ from setuptools import Extension, setup
 
 setup(
     name="paddleslim-sparsity",
-    version="0.1.0",
+    version="0.2.0",
     description="Unstructured (magnitude) sparsity for PaddlePaddle 3: static PIR pass, dygraph pruners, "
     "sparse ONNX export",
     long_description=open("README.md", encoding="utf-8").read(),
@@ -27,7 +27,7 @@ setup(
     ],
     install_requires=["paddlepaddle>=3.0", "numpy"],
     extras_require={
-        "test": ["pytest", "hypothesis", "onnx", "paddle2onnx", "onnxruntime"],
+        "test": ["pytest", "hypothesis", "onnx", "paddle2onnx", "onnxruntime", "matplotlib"],
         "export": ["onnx", "paddle2onnx", "onnxruntime"],
         "plot": ["matplotlib"],
     },
