@@ -308,3 +308,23 @@ def test_set_state_dict_validates_before_changing_anything():
         with pytest.raises(exc):
             pruner.set_state_dict(bad)
         assert_same(before, snapshot(model, pruner))
+
+
+def test_to_static_training_never_uses_a_revived_weight():
+    model = mlp()
+    pruner = UnstructuredPruner(model, "ratio", ratio=0.6)
+    opt = paddle.optimizer.Adam(0.05, parameters=model.parameters())
+    static_model = paddle.jit.to_static(model, full_graph=True)
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((4, 8)).astype("float32"))
+    for _ in range(3):  # the optimizer revives pruned weights; step() is called only once, at the start
+        static_model(x).pow(2).mean().backward()
+        opt.step()
+        opt.clear_grad()
+        if pruner.cur_iteration == 0:
+            pruner.step()
+        out = static_model(x)
+        assert np.count_nonzero(pruned_values(model, pruner)) == 0
+        w = {p.name: p.numpy() for p in model.parameters()}
+        h = np.maximum(x.numpy() @ w[model[0].weight.name] + w[model[0].bias.name], 0)
+        np.testing.assert_allclose(out.numpy(), h @ w[model[2].weight.name] + w[model[2].bias.name], rtol=1e-5,
+                                   atol=1e-6)
