@@ -12,8 +12,9 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from . import kernels
+from .distributed import Collectives, Group
 from .scores import mask_from_threshold, score_source
-from .selection import ScoreSource, kth_smallest, ratio_threshold
+from .selection import SOLO, ScoreSource, kth_smallest, ratio_threshold
 
 __all__ = ["score_sources", "ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize"]
 
@@ -39,13 +40,18 @@ def _site(weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: B
 
 def ratio_thresholds(
     weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block, sources: Optional[Sources] = None,
-    *, hint: Hint = None,
+    *, hint: Hint = None, collectives: Optional["Collectives"] = None,
 ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
     """(global threshold, per-parameter thresholds) for ratio mode; exactly one of them is filled.
 
     ``hint``: the previous threshold (a float; local mode: {name: float}) to warm-start the selection from.
     Without one, the thresholds of the last call with the same parameters, ratio and options are used (a
     small in-process cache). Hints change only the speed, never the result.
+
+    ``collectives``: when the model's parameters are split across processes, an object with
+    ``allreduce_sum`` and ``allgather`` (see :mod:`.distributed`); each rank passes its own weights and every
+    rank gets the global threshold one process would pick over all of them, bit for bit (local mode needs no
+    communication: each parameter's threshold is its own).
 
     >>> import numpy as np
     >>> w = {'a': np.array([[1., -2.], [3., 0.]], np.float32), 'b': np.array([[0.5, 4.]], np.float32)}
@@ -62,7 +68,8 @@ def ratio_thresholds(
         result: Tuple[Optional[np.float32], Dict[str, np.float32]] = (None, per)
     else:
         g_hint = cached_g if hint is None or isinstance(hint, Mapping) else float(hint)
-        result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint), {})
+        comm = SOLO if collectives is None else Group(collectives)
+        result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint, comm=comm), {})
     _HINTS[site] = (None if result[0] is None else float(result[0]), {n: float(t) for n, t in result[1].items()})
     _HINTS.move_to_end(site)
     while len(_HINTS) > _HINTS_MAX:

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import kernels, threads
+from .streaming import CHUNK, stream_pass
 
 __all__ = ["ScoreSource", "kth_smallest", "prune_count", "ratio_threshold", "NonFiniteScoreError"]
 
 _ABS = np.uint32(0x7FFFFFFF)
 _INF_KEY = np.uint32(0x7F800000)
-CHUNK = 1 << 18
-C_CHUNK = 1 << 20  # keys per C call: fewer Python round trips; the band buffer is touched only where written
 DIRECT_MAX = 1 << 16
 SAMPLE_MIN, SAMPLE_MAX = 1 << 14, 1 << 18
 
@@ -89,11 +87,6 @@ def prune_count(n: int, ratio: float) -> int:
     return int(round(ratio * n))
 
 
-def _chunks(keys: np.ndarray, chunk: int) -> Iterator[Tuple[int, int]]:
-    for start in range(0, keys.size, chunk):
-        yield start, min(start + chunk, keys.size)
-
-
 def _check_finite(max_key: int, name: str) -> None:
     if max_key >= int(_INF_KEY):
         what = "NaN" if max_key > int(_INF_KEY) else "Inf"
@@ -101,6 +94,27 @@ def _check_finite(max_key: int, name: str) -> None:
         raise NonFiniteScoreError(
             f"weights{where} contain {what}; ratio mode cannot place a threshold among non-finite values"
         )
+
+
+class Solo:
+    """The reductions the selection makes, for one process (identities). :class:`.distributed.Group` makes
+    the same calls across ranks, so every rank takes the same branches and gets the same answer."""
+
+    def sum(self, values: Sequence[int]) -> List[int]:
+        return [int(v) for v in values]
+
+    def gather(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def agree(self, value: Optional[float]) -> Optional[float]:
+        return value
+
+    def check(self, bad: Optional[Tuple[int, str]]) -> None:
+        if bad is not None:
+            _check_finite(*bad)
+
+
+SOLO = Solo()
 
 
 def _select_in(keys: np.ndarray, counts: Optional[np.ndarray], r: int) -> int:
@@ -120,16 +134,16 @@ def _select_in(keys: np.ndarray, counts: Optional[np.ndarray], r: int) -> int:
     return int(keys[order[int(np.searchsorted(cum, r, side="right"))]])
 
 
-def _direct(sources: Sequence[ScoreSource], k: int) -> int:
-    keys = np.concatenate([s.keys_array() & _ABS for s in sources])
-    if keys.size:
-        _check_finite(int(keys.max()), "")
-    if not any(s.weighted for s in sources):
-        return _select_in(keys, None, k)
+def _direct(sources: Sequence[ScoreSource], k: int, comm: Solo = SOLO, weighted: bool = False) -> int:
+    keys = np.concatenate([s.keys_array() & _ABS for s in sources] + [np.empty(0, np.uint32)])
+    mx = int(keys.max()) if keys.size else 0
+    comm.check((mx, "") if mx >= int(_INF_KEY) else None)
+    if not weighted:
+        return _select_in(comm.gather(keys), None, k)
     counts = np.concatenate([
         np.ones(s.values.size, np.int64) if not s.weighted else s.counts_range(0, s.values.size) for s in sources
-    ])
-    return _select_in(keys, counts, k)
+    ] + [np.empty(0, np.int64)])
+    return _select_in(comm.gather(keys), comm.gather(counts), k)
 
 
 def sample_size(total: int) -> int:
@@ -138,13 +152,19 @@ def sample_size(total: int) -> int:
     return int(min(SAMPLE_MAX, max(SAMPLE_MIN, 1 << max(0, (total // 256).bit_length()))))
 
 
-def _sample(key_arrays: List[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """sample_size(total) keys drawn uniformly (fixed seed) from all arrays, in no particular order."""
+def _sample(key_arrays: List[np.ndarray], rng: np.random.Generator, comm: Solo = SOLO) -> np.ndarray:
+    """sample_size(total) keys drawn uniformly (fixed seed) from all arrays (of all ranks), in no particular
+    order; each rank draws its share in proportion to its keys."""
     sizes = np.array([a.size for a in key_arrays], dtype=np.int64)
-    per_array = rng.multinomial(sample_size(int(sizes.sum())), sizes / sizes.sum())
-    sample = np.concatenate([a[rng.integers(0, a.size, m)] for a, m in zip(key_arrays, per_array) if m])
-    sample &= _ABS
-    return sample
+    local = int(sizes.sum())
+    total = comm.sum([local])[0]
+    m = sample_size(total) * local // max(total, 1)
+    parts = []
+    if m and local:
+        per_array = rng.multinomial(m, sizes / local)
+        parts = [a[rng.integers(0, a.size, c)] for a, c in zip(key_arrays, per_array) if c]
+    sample = comm.gather(np.concatenate(parts + [np.empty(0, np.uint32)]))
+    return sample & _ABS
 
 
 def _margin(q: float, n: int) -> float:
@@ -192,106 +212,21 @@ def _above(sample: np.ndarray, key: int, q: float) -> int:
     return int(_INF_KEY) if v <= key else v
 
 
-def _tasks(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], chunk: int, use_c: bool):
-    """Flat ranges (source index, start, end) covering every score once, in order. Block sources on the C
-    path are cut at block-row boundaries, the last (smaller) block row on its own."""
-    out = []
-    for i, (src, keys) in enumerate(zip(sources, key_arrays)):
-        if use_c and src.grid is not None:
-            nbj = src.grid[1].size
-            n_full = keys.size - nbj  # all block rows but the last have the same row count
-            step = max(1, chunk // nbj) * nbj
-            out += [(i, a, min(a + step, n_full)) for a in range(0, n_full, step)] + [(i, n_full, keys.size)]
-        else:
-            out += [(i, a, b) for a, b in _chunks(keys, chunk)]
-    return out
-
-
-class _Pass:
-    """One streaming pass over a list of tasks with its own buffers: (n_le, band keys, band counts, max keys)."""
-
-    def __init__(self, sources, key_arrays, lo: int, hi: int, weighted: bool, use_c: bool, size: int):
-        self.sources, self.key_arrays, self.lo, self.hi = sources, key_arrays, lo, hi
-        self.weighted, self.use_c = weighted, use_c
-        self.buf = np.empty(size, np.uint32)
-        self.wbuf = np.empty(size, np.int64) if use_c and weighted else None
-        self.tmp = None if use_c else (np.empty(size, np.uint32), np.empty(size, bool), np.empty(size, bool))
-
-    def run(self, tasks) -> Tuple[int, List[np.ndarray], List[np.ndarray], List[int]]:
-        n_le, keys_out, counts_out, maxes = 0, [], [], []
-        for i, a, b in tasks:
-            c_le, band, counts, mx = self._one(self.sources[i], self.key_arrays[i][a:b], a, b)
-            n_le += c_le
-            maxes.append(mx)
-            if band.size:
-                keys_out.append(band)
-                if self.weighted:
-                    counts_out.append(counts if counts is not None else np.ones(band.size, np.int64))
-        return n_le, keys_out, counts_out, maxes
-
-    def _one(self, src: ScoreSource, keys: np.ndarray, a: int, b: int):
-        lo, hi, n = self.lo, self.hi, b - a
-        if self.use_c and src.counts is None:
-            if src.grid is None:
-                c_le, nb, mx = kernels.stream(keys, lo, hi, self.buf)
-                return c_le, self.buf[:nb].copy(), None, mx
-            rows, cols = src.grid
-            rw = int(rows[a // cols.size])
-            c_le, nb, mx = kernels.stream_w(keys, cols.size, rw * int(cols[0]), rw * int(cols[-1]), lo, hi,
-                                            self.buf, self.wbuf)
-            return c_le, self.buf[:nb].copy(), self.wbuf[:nb].copy(), mx
-        buf, le_m, band_m = self.tmp if self.tmp is not None else (
-            np.empty(n, np.uint32), np.empty(n, bool), np.empty(n, bool))
-        key = np.bitwise_and(keys, _ABS, out=buf[:n])
-        mx = int(key.max()) if n else 0
-        le = np.less_equal(key, np.uint32(lo), out=le_m[:n])
-        c = src.counts_range(a, b)
-        c_le = int(np.count_nonzero(le)) if c is None else int(c[le].sum())
-        if hi <= lo:
-            return c_le, key[:0], None, mx
-        # key - (lo + 1) wraps around for key <= lo, so one unsigned compare finds lo < key <= hi
-        shifted = np.subtract(key, np.uint32(lo + 1))
-        dm = np.less_equal(shifted, np.uint32(hi - lo - 1), out=band_m[:n])
-        return c_le, key[dm], None if c is None else c[dm], mx
-
-
 def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int,
-            chunk: Optional[int] = None):
-    """One pass: how many elements have key <= lo, and the keys (with counts) in (lo, hi].
-
-    On the C path the tasks are split into contiguous groups, one per thread; results are combined in task
-    order, so the band and the count do not depend on the thread count."""
-    use_c = kernels.enabled() and all(
-        kernels.keys_eligible(k) and (s.counts is None) for s, k in zip(sources, key_arrays))
-    weighted = any(s.weighted for s in sources)
-    if chunk is None:  # block scores: smaller pieces keep the scratch (12 bytes per key of a piece) small
-        chunk = CHUNK // 4 if weighted else (C_CHUNK if use_c else CHUNK)
-    tasks = _tasks(sources, key_arrays, chunk, use_c)
-    size = max([b - a for _, a, b in tasks] + [1])
-    groups = [tasks]
-    if use_c and threads.num_threads() > 1 and len(tasks) > 1:
-        bounds = threads.split(len(tasks), min(threads.num_threads(), len(tasks)))
-        groups = [tasks[bounds[j]:bounds[j + 1]] for j in range(len(bounds) - 1) if bounds[j + 1] > bounds[j]]
-    results = threads.run_parts(
-        lambda g: _Pass(sources, key_arrays, lo, hi, weighted, use_c, size).run(g), groups)
-    n_le, band_keys, band_counts = 0, [], []
-    maxes: List[int] = []
-    for c_le, ks, cs, mx in results:
-        n_le += c_le
-        band_keys += ks
-        band_counts += cs
-        maxes += mx
-    for (i, _, _), mx in zip(tasks, maxes):
-        _check_finite(mx, sources[i].name)
-    keys_out = np.concatenate(band_keys) if band_keys else np.empty(0, np.uint32)
-    counts_out = (np.concatenate(band_counts) if band_counts else np.empty(0, np.int64)) if weighted else None
-    return n_le, keys_out, counts_out
+            chunk: Optional[int] = None, comm: Solo = SOLO, weighted: Optional[bool] = None):
+    """One pass over all ranks: (#elements with key <= lo, #elements with key in (lo, hi], this rank's band
+    keys, their counts or None). Raises NonFiniteScoreError on every rank if any rank saw NaN/Inf."""
+    weighted = any(s.weighted for s in sources) if weighted is None else weighted
+    n_le, keys, counts, bad = stream_pass(sources, key_arrays, lo, hi, weighted, chunk)
+    comm.check(bad)
+    n_le, band_total = comm.sum([n_le, keys.size if counts is None else int(counts.sum())])
+    return n_le, band_total, keys, counts
 
 
 def _count_below(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], key: int,
-                 chunk: Optional[int] = None) -> int:
-    """How many elements have a key < ``key``."""
-    return 0 if key <= 0 else _stream(sources, key_arrays, key - 1, key - 1, chunk)[0]
+                 chunk: Optional[int] = None, comm: Solo = SOLO, weighted: Optional[bool] = None) -> int:
+    """How many elements (of all ranks) have a key < ``key``."""
+    return 0 if key <= 0 else _stream(sources, key_arrays, key - 1, key - 1, chunk, comm, weighted)[0]
 
 
 HINT_WIDTH = 2.0 ** -8  # a hint's bracket: keys within +-0.4% (relative) of the hinted value
@@ -317,12 +252,15 @@ def kth_smallest(
     direct_max: int = DIRECT_MAX,
     seed: int = 0,
     hint: Optional[float] = None,
+    comm: Solo = SOLO,
 ) -> np.float32:
     """The k-th (0-based) smallest score over all sources, exactly.
 
     ``hint``: a score expected close to the answer (e.g. the previous step's threshold). The first pass then
     gathers only the keys within +-0.4% of it and no sample is drawn; if the answer lies outside, the sampled
     bracket takes over (one more pass). The result never depends on the hint.
+    ``comm``: where the sources are split across ranks, a :class:`.distributed.Group`; every rank passes its
+    own sources and gets the k-th over all of them.
 
     >>> import numpy as np
     >>> w = np.array([0.5, -0.1, 0.3, -0.9], np.float32)
@@ -332,30 +270,34 @@ def kth_smallest(
     Raises NonFiniteScoreError when a score is NaN or Inf.
     """
     sources = [s for s in sources if s.values.size]
-    total = sum(s.total for s in sources)
+    total, n_weighted = comm.sum([sum(s.total for s in sources), sum(s.weighted for s in sources)])
+    weighted = n_weighted > 0
     if not 0 <= k < total:
         raise ValueError(f"k must be in [0, {total}); got {k}")
     if total <= direct_max:
-        return np.uint32(_direct(sources, k)).view(np.float32)
+        return np.uint32(_direct(sources, k, comm, weighted)).view(np.float32)
     key_arrays = [s.keys_array() for s in sources]
     q = k / total
-    warm = _hint_bracket(hint)
+
+    def select(r: int, band: np.ndarray, band_counts: Optional[np.ndarray]) -> np.float32:
+        counts = comm.gather(band_counts) if weighted else None
+        return np.uint32(_select_in(comm.gather(band), counts, r)).view(np.float32)
+
+    warm = _hint_bracket(comm.agree(hint))
     if warm is not None:
-        n_le, band, band_counts = _stream(sources, key_arrays, warm[0], warm[1], chunk)
-        r = k - n_le
-        if 0 <= r < (band.size if band_counts is None else int(band_counts.sum())):
-            return np.uint32(_select_in(band, band_counts, r)).view(np.float32)
-    sample = _sample(key_arrays, np.random.default_rng(seed))
+        n_le, band_total, band, band_counts = _stream(sources, key_arrays, warm[0], warm[1], chunk, comm, weighted)
+        if 0 <= k - n_le < band_total:
+            return select(k - n_le, band, band_counts)
+    sample = _sample(key_arrays, np.random.default_rng(seed), comm)
     lo, hi = _bracket(sample, q)
     while True:
-        n_le, band, band_counts = _stream(sources, key_arrays, lo, hi, chunk)
+        n_le, band_total, band, band_counts = _stream(sources, key_arrays, lo, hi, chunk, comm, weighted)
         r = k - n_le
-        band_total = band.size if band_counts is None else int(band_counts.sum())
         if 0 <= r < band_total:
-            return np.uint32(_select_in(band, band_counts, r)).view(np.float32)
+            return select(r, band, band_counts)
         if r >= band_total:  # the k-th is above hi: everything <= hi is counted next time
             lo, hi = hi, _above(sample, hi, q)
-        elif lo == 0 or k >= _count_below(sources, key_arrays, lo, chunk):
+        elif lo == 0 or k >= _count_below(sources, key_arrays, lo, chunk, comm, weighted):
             return np.uint32(lo).view(np.float32)  # #(< lo) <= k < #(<= lo): the k-th equals lo
         else:  # the k-th is below lo
             lo, hi = _below(sample, lo, q), lo - 1
@@ -370,7 +312,7 @@ def ratio_threshold(sources: Sequence[ScoreSource], ratio: float, **kw) -> np.fl
     >>> float(ratio_threshold([ScoreSource(np.arange(10, dtype=np.float32))], 0.3))
     3.0
     """
-    total = sum(s.total for s in sources)
+    total = kw.get("comm", SOLO).sum([sum(s.total for s in sources)])[0]
     k = prune_count(total, ratio)
     if k >= total:
         return np.float32(np.inf)
