@@ -192,23 +192,25 @@ _STORE_BY_NAME_PIR = {"builtin.shadow_output": "output_name", "builtin.set_param
 
 
 def _pir_written(op: Any, params: Set[str], out: Set[str]) -> None:
-    attr = _STORE_BY_NAME_PIR.get(op.name())
+    name = op.name()
+    attr = _STORE_BY_NAME_PIR.get(name)
     if attr is not None:
         target = op.attrs().get(attr)
         if target in params:
             out.add(target)
-    else:
+    elif name.endswith("_"):  # PIR names every in-place op "<op>_": skip the lookup for the others
         try:
             inplace = paddle.base.core.pir.get_op_inplace_info(op)  # {result index: mutated operand index}
         except Exception:  # ops without an op-info interface (builtin.*, cf.*) are never in place
             inplace = {}
         for operand in inplace.values():
-            name = value_name(op.operand_source(operand))
-            if name in params:
-                out.add(name)
-    for block in op.blocks():
-        for sub in block.ops:
-            _pir_written(sub, params, out)
+            target = value_name(op.operand_source(operand))
+            if target in params:
+                out.add(target)
+    if op.num_regions():
+        for block in op.blocks():
+            for sub in block.ops:
+                _pir_written(sub, params, out)
 
 
 def _legacy_sub_block_ids(op: Any) -> List[int]:
