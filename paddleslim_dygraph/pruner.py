@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 import paddle
 
@@ -62,12 +62,13 @@ class UnstructuredPruner(Pruner):
         sparse_block: Sequence[int] = (1, 1),
         *,
         sparse_pattern: Optional[str] = None,
+        collectives: Any = None,
     ) -> None:
         self.model = check_model(model)
         super().__init__(
             LayerBackend(self.model), mode=mode, ratio=ratio, threshold=threshold,
             prune_params_type=prune_params_type, skip_params_func=skip_params_func, local_sparsity=local_sparsity,
-            sparse_block=sparse_block, sparse_pattern=sparse_pattern,
+            sparse_block=sparse_block, sparse_pattern=sparse_pattern, collectives=collectives,
         )
 
     def param_ids(self) -> Set[int]:
@@ -137,13 +138,14 @@ class GMPUnstructuredPruner(UnstructuredPruner):
         configs: Optional[dict] = None,
         *,
         sparse_pattern: Optional[str] = None,
+        collectives: Any = None,
     ) -> None:
         schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the model is touched
         self.model = check_model(model)
         Pruner.__init__(
             self, LayerBackend(self.model), mode="ratio", ratio=ratio, prune_params_type=prune_params_type,
             skip_params_func=skip_params_func, local_sparsity=local_sparsity, sparse_block=sparse_block,
-            schedule=schedule, sparse_pattern=sparse_pattern,
+            schedule=schedule, sparse_pattern=sparse_pattern, collectives=collectives,
         )
 
 

@@ -246,11 +246,13 @@ class UnstructuredPruner(Pruner):
         startup_program: Any = None,
         packed_masks: bool = True,
         sparse_pattern: Optional[str] = None,
+        collectives: Any = None,
     ) -> None:
         super().__init__(
             self._bind(program, startup_program, scope, place, local_sparsity, packed_masks), mode=mode, ratio=ratio,
             threshold=threshold, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
             local_sparsity=local_sparsity, sparse_block=sparse_block, sparse_pattern=sparse_pattern,
+            collectives=collectives,
         )
 
     def _bind(self, program: Any, startup_program: Any, scope: Any, place: Any, local: Any,
@@ -323,10 +325,12 @@ class GMPUnstructuredPruner(UnstructuredPruner):
         startup_program: Any = None,
         packed_masks: bool = True,
         sparse_pattern: Optional[str] = None,
+        collectives: Any = None,
     ) -> None:
         schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the program is touched
         Pruner.__init__(
             self, self._bind(program, startup_program, scope, place, local_sparsity, packed_masks), mode="ratio",
             ratio=ratio, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
             local_sparsity=local_sparsity, sparse_block=sparse_block, schedule=schedule, sparse_pattern=sparse_pattern,
+            collectives=collectives,
         )

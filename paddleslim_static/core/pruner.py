@@ -117,6 +117,7 @@ class Pruner:
         sparse_block: Sequence[int] = (1, 1),
         schedule: Optional[GMPSchedule] = None,
         sparse_pattern: Optional[str] = None,
+        collectives: Any = None,
     ) -> None:
         mode = check_mode(mode)
         ratio = check_ratio(ratio)
@@ -130,6 +131,10 @@ class Pruner:
             raise TypeError(f"skip_params_func must be callable or None; got {skip_params_func!r}")
         if schedule is not None and (mode != "ratio" or not isinstance(schedule, GMPSchedule)):
             raise TypeError(f"schedule must be a GMPSchedule with mode='ratio'; got {schedule!r}, mode={mode!r}")
+        if collectives is not None and not all(callable(getattr(collectives, f, None))
+                                               for f in ("allreduce_sum", "allgather")):
+            raise TypeError("collectives must provide allreduce_sum() and allgather() (e.g. "
+                            f"paddleslim_static.collectives.PaddleCollectives()); got {collectives!r}")
         pattern = None if sparse_pattern is None else parse_pattern(sparse_pattern)
         if pattern is not None and block != (1, 1):
             raise ValueError(f"sparse_pattern={sparse_pattern!r} and sparse_block={block} cannot be combined: "
@@ -159,6 +164,7 @@ class Pruner:
         self.local_sparsity = local_sparsity
         self.sparse_block: Tuple[int, int] = block
         self.sparse_pattern: Optional[Tuple[int, int]] = pattern
+        self._collectives = collectives
         self._layouts = layouts
         self.prune_params_type = prune_params_type
         self.skip_params = skipped
@@ -369,7 +375,8 @@ class Pruner:
                 raise ValueError(f"weights of {n!r} exceed the float32 range (max |w| = {float(np.max(np.abs(w)))!r}); "
                                  "scores are compared in float32")
         try:
-            g, per = engine.ratio_thresholds(weights, ratio, self.local_sparsity, self.sparse_block, sources)
+            g, per = engine.ratio_thresholds(weights, ratio, self.local_sparsity, self.sparse_block, sources,
+                                             collectives=self._collectives)
         except NonFiniteScoreError as exc:
             bad = next((n for n, w in weights.items() if not np.isfinite(w).all()), None)
             if bad is not None and repr(bad) not in str(exc):
