@@ -41,7 +41,7 @@ def export_layer(layer: paddle.nn.Layer, input_spec: Sequence[paddle.static.Inpu
 
     ``options``: the fields of :class:`ExportOptions` (``name``, ``opset``, ``compress``, ``verify``,
     ``sparse_cutoff``, ``seed``, ``rtol``, ``onnx_transform``, ``target``, ``sparse_threshold``). The layer itself
-    is left as it was (train/eval mode, pruner hook and mask buffers restored).
+    is left as it was (train/eval mode, live pruners attached again after the save).
     """
     if not isinstance(layer, paddle.nn.Layer):
         raise TypeError(f"layer must be a paddle.nn.Layer; got {type(layer).__name__}")
@@ -51,27 +51,34 @@ def export_layer(layer: paddle.nn.Layer, input_spec: Sequence[paddle.static.Inpu
     if not paddle.in_dynamic_mode():
         raise ExportError("export_layer needs dygraph mode (call paddle.disable_static() first)")
     timer = Timer()
-    with staging(out_dir, opts.name, opts.suffixes) as (tmp, final), folded_layer(layer):
-        with timer("paddle_save"):
-            feeds = random_feeds([(s.name or f"x{i}", s.shape, np_dtype(s.dtype)) for i, s in enumerate(specs)],
-                                 seed=opts.seed, dynamic_dim=1)
-            try:
-                with paddle.no_grad():
-                    layer(*[paddle.to_tensor(v) for v in feeds.values()])
-            except Exception as e:
-                raise ExportError(f"input_spec does not fit the network: {one_line(e)}") from None
-            try:
-                paddle.jit.save(layer, os.path.join(tmp, opts.name), input_spec=specs)
-            except Exception as e:
-                raise ExportError(f"paddle.jit.save failed: {one_line(e)}") from None
-        lite = None
-        if opts.lite:
-            with timer("lite_save"):
-                prefix = os.path.join(tmp, opts.name + LITE_SUFFIX)
-                save_lite_layer(layer, specs, prefix)
-                lite = LiteResult(prefix + ".pdmodel", prefix + ".pdiparams")
+    with staging(out_dir, opts.name, opts.suffixes) as (tmp, final):
+        with folded_layer(layer):  # only while saving: the pruners are live again for the verification
+            lite = _save_layer(layer, specs, tmp, opts, timer)
         structured = {p.name: n for n, p in layer.named_parameters()}
         return finish(tmp, final, opts, False, timer, structured=structured, lite=lite)
+
+
+def _save_layer(layer: paddle.nn.Layer, specs: List[paddle.static.InputSpec], tmp: str, opts: ExportOptions,
+                timer: Timer) -> Optional[LiteResult]:
+    """The Paddle 3 inference model (and with the Lite target the legacy-IR one) of a folded layer in ``tmp``."""
+    with timer("paddle_save"):
+        feeds = random_feeds([(s.name or f"x{i}", s.shape, np_dtype(s.dtype)) for i, s in enumerate(specs)],
+                             seed=opts.seed, dynamic_dim=1)
+        try:
+            with paddle.no_grad():
+                layer(*[paddle.to_tensor(v) for v in feeds.values()])
+        except Exception as e:
+            raise ExportError(f"input_spec does not fit the network: {one_line(e)}") from None
+        try:
+            paddle.jit.save(layer, os.path.join(tmp, opts.name), input_spec=specs)
+        except Exception as e:
+            raise ExportError(f"paddle.jit.save failed: {one_line(e)}") from None
+    if not opts.lite:
+        return None
+    with timer("lite_save"):
+        prefix = os.path.join(tmp, opts.name + LITE_SUFFIX)
+        save_lite_layer(layer, specs, prefix)
+    return LiteResult(prefix + ".pdmodel", prefix + ".pdiparams")
 
 
 def export_checkpoint(checkpoint: Union[PathLike, Dict[str, Any]], model: Union[str, Callable[..., Any]],
