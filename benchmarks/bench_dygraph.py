@@ -110,9 +110,19 @@ def bench_step(name: str, build: Callable[[], paddle.nn.Layer], reps: int) -> Di
     baseline.step()
     same = np.float32(baseline.threshold) == np.float32(thr)
     restore()
-    # Built on the same model, the threshold pruner reuses the ratio pruner's mask buffers; every step
-    # below rewrites all masks, so the two never see each other's state.
-    thr_p = UnstructuredPruner(model, "threshold", threshold=thr)
+    # One pruner per model: the threshold pruner gets a second copy of the network with the same weights.
+    model2 = build()
+    model2.set_state_dict(model.state_dict())
+    thr_p = UnstructuredPruner(model2, "threshold", threshold=thr)
+    names2 = set(thr_p.prunable_params)
+    params2 = [p for p in model2.parameters() if p.name in names2]
+    pairs = [(p.name, _view(p2)) for p, p2 in zip(params, params2)]
+    if len(params2) != len(params) or any(v.shape != snapshot[n].shape for n, v in pairs):
+        raise RuntimeError(f"{name}: the second copy's prunable parameters do not match the first's")
+
+    def restore_thr() -> None:
+        for n, v in pairs:
+            np.copyto(v, snapshot[n])
 
     times: Dict[str, List[float]] = {"ours": [], "baseline": [], "paddleslim": [], "threshold": [],
                                      "ours_pruned": []}
@@ -121,7 +131,7 @@ def bench_step(name: str, build: Callable[[], paddle.nn.Layer], reps: int) -> Di
     for _ in range(reps):
         for key, fn, fresh in runs:
             if fresh:
-                restore()
+                restore_thr() if key == "threshold" else restore()
             else:
                 ratio_p.step()  # make sure the weights are the 70%-pruned ones
             t0 = time.perf_counter()
@@ -134,6 +144,7 @@ def bench_step(name: str, build: Callable[[], paddle.nn.Layer], reps: int) -> Di
                float_bytes=baseline.mask_bytes())
     ratio_p.finalize()
     thr_p.finalize()
+    del model2, params2, pairs
     snapshot.clear()  # free the copies before the next network is built
     return out
 
