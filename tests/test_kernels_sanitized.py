@@ -74,8 +74,8 @@ def run_under_sanitizers(tmp: Path, module: Path, tests):
 
 def test_kernel_tests_pass_under_asan_and_ubsan(tmp_path):
     module = build_sanitized(tmp_path)
-    proc = run_under_sanitizers(tmp_path, module, ["test_kernels.py", "test_core_selection.py", "-k",
-                                                   "not summarize"])
+    proc = run_under_sanitizers(tmp_path, module, ["test_kernels.py", "test_core_selection.py",
+                                                   "test_core_streaming.py", "-k", "not summarize"])
     out = proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, out
     assert "runtime error" not in out and "AddressSanitizer" not in out, out
