@@ -14,7 +14,7 @@ import numpy as np
 from . import kernels
 from .distributed import Collectives, Group
 from .scores import mask_from_threshold, score_source
-from .selection import SOLO, ScoreSource, kth_smallest, ratio_threshold
+from .selection import HINT_WIDTH, SOLO, ScoreSource, kth_smallest, ratio_threshold
 
 __all__ = ["score_sources", "ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize"]
 
@@ -29,8 +29,17 @@ def score_sources(weights: Mapping[str, np.ndarray], block: Block) -> Dict[str, 
 
 
 Hint = Union[None, float, Mapping[str, float]]
-_HINTS: "OrderedDict[tuple, Tuple[Optional[float], Dict[str, float]]]" = OrderedDict()
+_HINTS: "OrderedDict[tuple, Tuple[Optional[float], Dict[str, float], float]]" = OrderedDict()
 _HINTS_MAX = 16
+_WIDTH_MIN, _WIDTH_MAX = 2.0 ** -11, 2.0 ** -6
+
+
+def _next_width(previous: Optional[float], new: Optional[np.float32]) -> float:
+    """The warm bracket's half-width for the next call: 4x the relative drift just seen, in [2^-11, 2^-6]
+    (a narrow bracket gathers fewer keys; a miss costs one more pass)."""
+    if previous is None or new is None or not previous > 0 or not math.isfinite(float(new)):
+        return HINT_WIDTH
+    return min(_WIDTH_MAX, max(_WIDTH_MIN, 4.0 * abs(float(new) / previous - 1.0)))
 
 
 def _site(weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block) -> tuple:
@@ -61,16 +70,20 @@ def ratio_thresholds(
     """
     sources = score_sources(weights, block) if sources is None else sources
     site = _site(weights, ratio, local, block)
-    cached_g, cached_per = _HINTS.get(site, (None, {}))
+    cached_g, cached_per, width = _HINTS.get(site, (None, {}, HINT_WIDTH))
     if local:
         hints = hint if isinstance(hint, Mapping) else cached_per
         per = {n: ratio_threshold([sources[n]], ratio, hint=hints.get(n)) for n in weights}
         result: Tuple[Optional[np.float32], Dict[str, np.float32]] = (None, per)
     else:
         g_hint = cached_g if hint is None or isinstance(hint, Mapping) else float(hint)
+        width = width if hint is None or isinstance(hint, Mapping) else HINT_WIDTH
         comm = SOLO if collectives is None else Group(collectives)
-        result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint, comm=comm), {})
-    _HINTS[site] = (None if result[0] is None else float(result[0]), {n: float(t) for n, t in result[1].items()})
+        result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint, hint_width=width, comm=comm),
+                  {})
+        width = _next_width(g_hint, result[0])
+    _HINTS[site] = (None if result[0] is None else float(result[0]), {n: float(t) for n, t in result[1].items()},
+                    width)
     _HINTS.move_to_end(site)
     while len(_HINTS) > _HINTS_MAX:
         _HINTS.popitem(last=False)

@@ -229,18 +229,19 @@ def _count_below(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], k
     return 0 if key <= 0 else _stream(sources, key_arrays, key - 1, key - 1, chunk, comm, weighted)[0]
 
 
-HINT_WIDTH = 2.0 ** -8  # a hint's bracket: keys within +-0.4% (relative) of the hinted value
+HINT_WIDTH = 2.0 ** -8  # default half-width of a hint's bracket: keys within +-0.4% (relative) of the hint
 
 
-def _hint_bracket(hint: Optional[float]) -> Optional[Tuple[int, int]]:
-    """(lo, hi) keys around a positive finite hint, or None (no usable hint)."""
+def _hint_bracket(hint: Optional[float], width: Optional[float] = HINT_WIDTH) -> Optional[Tuple[int, int]]:
+    """(lo, hi) keys within +-width (relative) of a positive finite hint, or None (no usable hint)."""
     if hint is None:
         return None
+    width = HINT_WIDTH if width is None or not 0 < width < 0.5 else float(width)
     h = float(hint)
     if not (math.isfinite(h) and 0.0 < h < 1e38):
         return None
-    lo = int(np.array(h * (1.0 - HINT_WIDTH), np.float32).view(np.uint32))
-    hi = int(np.array(h * (1.0 + HINT_WIDTH), np.float32).view(np.uint32))
+    lo = int(np.array(h * (1.0 - width), np.float32).view(np.uint32))
+    hi = int(np.array(h * (1.0 + width), np.float32).view(np.uint32))
     return (max(lo - 1, 0), hi) if 0 < hi < int(_INF_KEY) else None
 
 
@@ -252,13 +253,14 @@ def kth_smallest(
     direct_max: int = DIRECT_MAX,
     seed: int = 0,
     hint: Optional[float] = None,
+    hint_width: float = HINT_WIDTH,
     comm: Solo = SOLO,
 ) -> np.float32:
     """The k-th (0-based) smallest score over all sources, exactly.
 
     ``hint``: a score expected close to the answer (e.g. the previous step's threshold). The first pass then
-    gathers only the keys within +-0.4% of it and no sample is drawn; if the answer lies outside, the sampled
-    bracket takes over (one more pass). The result never depends on the hint.
+    gathers only the keys within +-``hint_width`` (relative, default 0.4%) of it and no sample is drawn; if the
+    answer lies outside, the sampled bracket takes over (one more pass). The result never depends on the hint.
     ``comm``: where the sources are split across ranks, a :class:`.distributed.Group`; every rank passes its
     own sources and gets the k-th over all of them.
 
@@ -283,7 +285,7 @@ def kth_smallest(
         counts = comm.gather(band_counts) if weighted else None
         return np.uint32(_select_in(comm.gather(band), counts, r)).view(np.float32)
 
-    warm = _hint_bracket(comm.agree(hint))
+    warm = _hint_bracket(comm.agree(hint), comm.agree(hint_width))
     if warm is not None:
         n_le, band_total, band, band_counts = _stream(sources, key_arrays, warm[0], warm[1], chunk, comm, weighted)
         if 0 <= k - n_le < band_total:
