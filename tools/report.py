@@ -92,6 +92,7 @@ class ExportReport:
     lite_command: Optional[str] = None  # Paddle Lite's opt, sparse kernels enabled
     diagnosis: Optional[str] = None  # when onnxruntime and Paddle disagree: the op that diverges
     deployment: Optional[Dict[str, Any]] = None  # paddleslim_tools.deployment's verdicts, when available
+    nm: Optional[Dict[str, Any]] = None  # with nm_pattern: {"pattern", "checked", "skipped"} per weight
 
     @property
     def ok(self) -> bool:
@@ -125,6 +126,7 @@ class ExportReport:
             "failures": self.failures, "warnings": self.warnings, "timings": self.timings,
             "target": self.target, "lite_weight_checks": [dataclasses.asdict(m) for m in self.lite_weight_checks],
             "lite_command": self.lite_command, "diagnosis": self.diagnosis, "deployment": self.deployment,
+            "nm": self.nm,
         }
 
     def to_json(self) -> str:

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store weights with density <= DENSITY sparse (default: whenever COO is smaller)")
     p.add_argument("--sparse-threshold", type=float, default=0.6, metavar="ZEROS",
                    help="Paddle Lite opt's --sparse_threshold in the printed command (default 0.6)")
+    p.add_argument("--nm", metavar="N:M", default=None,
+                   help="also verify that every matmul/conv weight of the model is N:M sparse, e.g. 2:4")
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--max-rows", type=int, default=None, help="print at most this many table rows")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the file paths and verdict")
@@ -108,7 +110,7 @@ def _run(args: argparse.Namespace) -> "ExportReport":
         raise ExportError("--out DIR is required")
     common = dict(name=args.name, opset=args.opset, compress=not args.no_compress, verify=not args.no_verify,
                   sparse_cutoff=args.sparse_cutoff, seed=args.seed, target=args.target,
-                  sparse_threshold=args.sparse_threshold)
+                  sparse_threshold=args.sparse_threshold, nm_pattern=args.nm)
     if args.inference_model:
         return export_program(args.inference_model, args.out, **common)
     if not args.model:

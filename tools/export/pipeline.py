@@ -104,6 +104,25 @@ def _deployment(report: ExportReport, saved: SavedModel, opts: ExportOptions) ->
     report.deployment = result.to_dict()
 
 
+def _nm(report: ExportReport, saved: SavedModel, opts: ExportOptions) -> None:
+    """With ``nm_pattern``: every qualifying weight of the saved Paddle model must be N:M sparse (else a failure)."""
+    from paddleslim_static.core.nm import parse_pattern
+    from paddleslim_static.nm import check_nm
+    from paddleslim_static.programs import static_mode
+
+    n, m = parse_pattern(opts.nm_pattern, "nm_pattern")
+    with static_mode(pir=not saved.legacy):
+        verdicts = check_nm(saved.program, n, m, scope=saved.scope)
+    checked = {k: v for k, v in verdicts.items() if not v.skipped}
+    report.nm = {"pattern": f"{n}:{m}", "checked": {k: bool(v.ok) for k, v in checked.items()},
+                 "skipped": {k: v.reason for k, v in verdicts.items() if v.skipped}}
+    bad = [f"{k} ({v.violations}/{v.groups} groups)" for k, v in checked.items() if not v.ok]
+    if not checked:
+        report.failures.append(f"nm_pattern {n}:{m}: the model has no weight an N:M pattern applies to")
+    elif bad:
+        report.failures.append(f"weights not {n}:{m} sparse: {', '.join(bad[:5])}")
+
+
 def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer,
            structured: Optional[Dict[str, str]] = None, lite: Optional[LiteResult] = None) -> ExportReport:
     """Convert, compress, verify and report the model saved at ``tmp/NAME``; writes ``NAME.report.json``.
@@ -116,6 +135,8 @@ def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer
     report = ExportReport(name=opts.name, out_dir=final, opset=opts.opset, sparse_cutoff=opts.sparse_cutoff,
                           timings=timer.seconds, target=opts.target)
     check_no_masks(report, saved)
+    if opts.nm_pattern is not None:
+        _nm(report, saved, opts)
     local = {"paddle_model": model_file, "paddle_params": params_file}
     plain = packed = None
     if opts.onnx:

@@ -76,7 +76,8 @@ class ExportOptions:
     ``sparse_cutoff``: store weights with density <= this sparse (None: whenever COO is smaller);
     ``onnx_transform``: applied to the converted ``onnx.ModelProto`` before it is saved and verified;
     ``target``: ``"onnx"`` (Paddle model + ONNX + compressed ONNX), ``"lite"`` (Paddle model + a legacy-IR
-    ``NAME.lite.pdmodel`` for Paddle Lite's opt) or ``"all"``.
+    ``NAME.lite.pdmodel`` for Paddle Lite's opt) or ``"all"``;
+    ``nm_pattern``: ``'2:4'`` makes verification also require every qualifying weight to be N:M sparse.
     """
 
     name: str = "model"
@@ -89,6 +90,7 @@ class ExportOptions:
     onnx_transform: Optional[Callable[[Any], Any]] = None
     target: str = "onnx"
     sparse_threshold: float = 0.6  # Paddle Lite opt's --sparse_threshold, for the printed command
+    nm_pattern: Optional[str] = None  # 'N:M': verify every qualifying weight of the saved model is N:M sparse
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -107,6 +109,13 @@ class ExportOptions:
             raise TypeError(f"seed must be an int; got {self.seed!r}")
         if isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not self.rtol >= 0:
             raise ExportError(f"rtol must be a number >= 0; got {self.rtol!r}")
+        if self.nm_pattern is not None:
+            from paddleslim_static.core.nm import parse_pattern
+
+            try:
+                parse_pattern(self.nm_pattern, "nm_pattern")
+            except (TypeError, ValueError) as e:
+                raise ExportError(str(e)) from None
         if self.onnx_transform is not None and not callable(self.onnx_transform):
             raise TypeError(f"onnx_transform must be callable or None; got {self.onnx_transform!r}")
 
