@@ -11,7 +11,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from . import kernels
+from . import kernels, threads
 from .distributed import Collectives, Group
 from .scores import mask_from_threshold, score_source
 from .selection import HINT_WIDTH, SOLO, ScoreSource, kth_smallest, ratio_threshold
@@ -25,7 +25,12 @@ Sources = Mapping[str, ScoreSource]
 def score_sources(weights: Mapping[str, np.ndarray], block: Block) -> Dict[str, ScoreSource]:
     """The selection source of every weight: the weight itself, or its block scores (computed once per step and
     handed to both :func:`ratio_thresholds` and :func:`fill_masks`)."""
-    return {n: score_source(w, block, n) for n, w in weights.items()}
+    out: Dict[str, ScoreSource] = {}
+
+    def one(name: str) -> None:
+        out[name] = score_source(weights[name], block, name)
+    _over_arrays(one, weights)
+    return {n: out[n] for n in weights}
 
 
 Hint = Union[None, float, Mapping[str, float]]
@@ -104,20 +109,37 @@ def fill_masks(
     ``apply=True`` also zeroes the pruned weights, in the same pass. ``sources`` (from :func:`score_sources`)
     saves recomputing block scores.
     """
-    for name, w in weights.items():
+    def one(name: str) -> None:
+        w = weights[name]
         t = thresholds.get(name, threshold)
         src = None if sources is None else sources.get(name)
         scores = src.values if src is not None and src.weighted else None
         mask_from_threshold(w, np.float32(t), block, masks[name], apply=apply, scores=scores)
+    _over_arrays(one, weights)
+
+
+def _over_arrays(fn, weights: Mapping[str, np.ndarray]) -> None:
+    """fn(name) for every array: on the C path with several threads, arrays go to the pool (each array is one
+    task, big ones are split further inside the kernels); disjoint arrays, so the bits do not change."""
+    names = list(weights)
+    sizes = [int(weights[n].size) for n in names]
+    # one dominant array: leave it to the kernels, which split it across the threads themselves
+    if kernels.enabled() and threads.num_threads() > 1 and len(names) > 1 and 2 * max(sizes) <= sum(sizes):
+        threads.run_parts(fn, names)
+    else:
+        for name in names:
+            fn(name)
 
 
 def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
     """weights[n] *= masks[n], in place."""
-    for name, w in weights.items():
+    def one(name: str) -> None:
+        w = weights[name]
         if kernels.eligible(w, masks[name]):
             kernels.apply(w, masks[name])
         else:
             np.multiply(w, masks[name], out=w)
+    _over_arrays(one, weights)
 
 
 def masks_from_nonzero(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:

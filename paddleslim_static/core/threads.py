@@ -27,6 +27,7 @@ _override: Optional[int] = None
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_size = 0
 _lock = threading.Lock()
+_local = threading.local()  # set inside pool workers: nested run_parts calls run inline (no pool deadlock)
 
 
 def _from_env() -> int:
@@ -78,6 +79,13 @@ def _executor(n: int) -> ThreadPoolExecutor:
 def run_parts(fn: Callable[[T], R], parts: Sequence[T]) -> List[R]:
     """[fn(p) for p in parts], the parts spread over :func:`num_threads` threads; results in input order."""
     n = min(num_threads(), len(parts))
-    if n <= 1:
+    if n <= 1 or getattr(_local, "worker", False):
         return [fn(p) for p in parts]
-    return list(_executor(n).map(fn, parts))
+
+    def call(p: T) -> R:
+        _local.worker = True
+        try:
+            return fn(p)
+        finally:
+            _local.worker = False
+    return list(_executor(n).map(call, parts))
