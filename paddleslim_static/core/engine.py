@@ -6,6 +6,7 @@ apart from writing into the ``masks`` / ``weights`` arrays it is handed.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Tuple, Union
 
@@ -36,6 +37,7 @@ def score_sources(weights: Mapping[str, np.ndarray], block: Block) -> Dict[str, 
 Hint = Union[None, float, Mapping[str, float]]
 _HINTS: "OrderedDict[tuple, Tuple[Optional[float], Dict[str, float], float]]" = OrderedDict()
 _HINTS_MAX = 16
+_HINTS_LOCK = threading.Lock()
 _WIDTH_MIN, _WIDTH_MAX = 2.0 ** -11, 2.0 ** -6
 
 
@@ -87,11 +89,12 @@ def ratio_thresholds(
         result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint, hint_width=width, comm=comm),
                   {})
         width = _next_width(g_hint, result[0])
-    _HINTS[site] = (None if result[0] is None else float(result[0]), {n: float(t) for n, t in result[1].items()},
-                    width)
-    _HINTS.move_to_end(site)
-    while len(_HINTS) > _HINTS_MAX:
-        _HINTS.popitem(last=False)
+    with _HINTS_LOCK:
+        _HINTS[site] = (None if result[0] is None else float(result[0]),
+                        {n: float(t) for n, t in result[1].items()}, width)
+        _HINTS.move_to_end(site)
+        while len(_HINTS) > _HINTS_MAX:
+            _HINTS.popitem(last=False)
     return result
 
 
