@@ -6,6 +6,13 @@ every rank then gets the threshold one process would pick over all ranks' weight
 ``paddle.distributed.init_parallel_env()`` (or ``fleet.init``) first. The calls run eagerly even when the
 caller has static mode enabled. With one process they return their input and need no initialised group.
 
+Which group: the ranks over which the *parameters are split*, and only those. ``paddle.DataParallel`` and
+fleet sharding stages 1-2 replicate every parameter on every rank: pass no collectives (each rank already sees all
+weights and computes the same threshold; summing replicas would count each weight several times). Pipeline
+stages or sharding stage 3 split the parameters: pass ``PaddleCollectives(group)`` with that group, e.g.
+``fleet.get_hybrid_communicate_group().get_pipe_parallel_group()`` under hybrid parallelism. Every rank of the
+group must make the same call at the same time (it is a collective).
+
 >>> import numpy as np
 >>> from paddleslim_static.collectives import PaddleCollectives
 >>> c = PaddleCollectives()  # a single process: identities
