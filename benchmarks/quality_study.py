@@ -33,6 +33,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import paddle
 
+import paddleslim_static  # noqa: F401  (imported up front: every module of the package from one version)
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
 from paddleslim_tools.demo import Dataset, accuracy, build_model, gmp_configs, load_digits, load_mnist, train_epoch
 
@@ -100,8 +101,6 @@ def dygraph_seed(data: Dataset, seed: int, epochs: int, batch: int, lr: float, s
 
 def static_seed(data: Dataset, seed: int, epochs: int, batch: int, lr: float, sparsity: float) -> Dict[str, float]:
     """Dense training then GMP to ``sparsity`` in one static Program (PIR), same schedule as the dygraph arm."""
-    import paddleslim_static
-
     paddle.enable_static()
     try:
         main, startup = paddle.static.Program(), paddle.static.Program()
@@ -249,6 +248,8 @@ def main(argv=None) -> int:
     p.add_argument("--mnist-dir", type=Path, default=None)
     p.add_argument("--static-sparsity", type=float, default=0.9)
     p.add_argument("--no-static", action="store_true")
+    p.add_argument("--runs-from", type=Path, default=None,
+                   help="reuse the dygraph runs of a (partial) result JSON of the digits set; run the rest")
     p.add_argument("--out", type=Path, default=Path("docs/quality_digits"), help="output stem (.json, .png)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
@@ -262,7 +263,11 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name, data, epochs, batch in datasets:
         runs = []
-        for seed in range(args.seeds):
+        if args.runs_from is not None and name == "digits":
+            saved = json.loads(args.runs_from.read_text())
+            runs = saved["runs"] if "runs" in saved else saved["results"]["digits"]["runs"]
+            runs = runs[:args.seeds]
+        for seed in range(len(runs), args.seeds):
             runs.append(dygraph_seed(data, seed, epochs, batch, args.lr, SPARSITIES))
             partial.write_text(json.dumps({"dataset": name, "runs": runs}, indent=1))  # survives a later crash
             print(f"[{time.perf_counter() - t0:7.1f} s] {name} seed {seed}: dense {runs[-1]['dense']:.4f} "
