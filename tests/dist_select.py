@@ -42,6 +42,20 @@ def main(out_prefix: str) -> None:
             out[f"{case}/threshold"] = np.array(g)
         out.update({f"{case}/mask/{n}": m for n, m in masks.items()})
         out.update({f"{case}/t/{n}": np.array(t) for n, t in per.items()})
+    # the dygraph pruner on this rank's half of a model of Linear layers (the 2-D weights), one global ratio
+    from paddleslim_dygraph import UnstructuredPruner
+
+    flat = {n: w for n, w in mine.items() if w.ndim == 2}
+    model = paddle.nn.LayerList()
+    for n, w in flat.items():
+        layer = paddle.nn.Linear(*w.shape)
+        layer.weight.set_value(w)
+        model.append(layer)
+    pruner = UnstructuredPruner(model, "ratio", ratio=0.65, collectives=coll)
+    pruner.step()
+    out["pruner/threshold"] = np.array(np.float32(pruner.threshold))
+    for (n, _), layer in zip(flat.items(), model):
+        out[f"pruner/mask/{n}"] = pruner.masks[layer.weight.name].numpy()
     bad = {n: w.copy() for n, w in mine.items()}
     if rank == 1:
         next(iter(bad.values()))[3, 0] = np.nan

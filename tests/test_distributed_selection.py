@@ -153,3 +153,11 @@ def test_two_processes_with_paddle_distributed(tmp_path):
                     if local:
                         assert got[f"{case}/t/{n}"].tobytes() == per[n].tobytes()
         assert "another rank" in str(ranks[0]["nan/error"]) and "contain NaN" in str(ranks[1]["nan/error"])
+    # the dygraph pruner with collectives= over both ranks' Linear layers: the single-process threshold and masks
+    flat = {n: w for n, w in ws.items() if w.ndim == 2}
+    g, _ = engine.ratio_thresholds(flat, 0.65, False, (1, 1))
+    for r, got in enumerate(ranks):
+        assert got["pruner/threshold"].tobytes() == g.tobytes(), r
+        for i, (n, w) in enumerate(ws.items()):
+            if i % 2 == r and w.ndim == 2:
+                np.testing.assert_array_equal(got[f"pruner/mask/{n}"], np.abs(w) >= g, err_msg=n)
