@@ -287,7 +287,7 @@ def main(argv=None) -> int:
         print(markdown(res["table"], SPARSITIES, res.get("static")), flush=True)
     res_all = {"results": results, "seconds": time.perf_counter() - t0}
     args.out.with_suffix(".json").write_text(json.dumps(res_all, indent=1))
-    partial.unlink()
+    partial.unlink(missing_ok=True)
     plot(results, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')} "
           f"in {res_all['seconds']:.0f} s", flush=True)
