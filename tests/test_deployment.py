@@ -215,3 +215,46 @@ def test_bad_threshold_and_target():
         deployment_report(paddle.nn.Conv2D(1, 1, 1), [1, 1, 2, 2], sparse_threshold=1.5)
     with pytest.raises(TypeError, match="program"):
         deployment_report(object(), [1, 1, 2, 2])
+
+
+FLIPS = [  # (Conv2D kwargs, zero fraction, expected Lite verdict, reason fragment)
+    ({}, 0.9, True, "ok"),
+    ({"padding": 1}, 0.9, False, "paddings"),
+    ({"groups": 2}, 0.9, False, "groups 2"),
+    ({"stride": 2}, 0.9, False, "strides"),
+    ({"kernel_size": 3}, 0.9, False, "kernel 3x3"),
+    ({}, 0.5, False, "zeros 0.500 < 0.6"),
+    ({"groups": 8}, 0.9, False, "depthwise_conv2d"),
+]
+
+
+def _flip_weight(shape, frac):
+    w = np.full(shape, 1.5, np.float32).ravel()
+    w[np.random.default_rng(0).permutation(w.size)[:int(round(frac * w.size))]] = 0
+    return w.reshape(shape)
+
+
+@pytest.mark.parametrize("kw, frac, ok, reason", FLIPS)
+def test_each_condition_flipped_same_verdict_in_dygraph_and_static(kw, frac, ok, reason):
+    kw = dict({"kernel_size": 1}, **kw)
+    conv = paddle.nn.Conv2D(8, 8, **kw)
+    w = _flip_weight(conv.weight.shape, frac)
+    conv.weight.set_value(w)
+    dy = deployment_report(conv, [1, 8, 6, 6]).ops[0]
+    paddle.enable_static()
+    try:
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [None, 8, 6, 6], "float32")
+            sconv = paddle.nn.Conv2D(8, 8, **kw)
+            sconv(x)
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            paddle.static.Executor(paddle.CPUPlace()).run(startup)
+        scope.find_var(sconv.weight.name).get_tensor().set(w, paddle.CPUPlace())
+        st = deployment_report(main, [1, 8, 6, 6], scope=scope).ops[0]
+    finally:
+        paddle.disable_static()
+    for op in (dy, st):
+        assert op.lite == ok and reason in (op.lite_reason if reason != "depthwise_conv2d" else op.op), op
+    assert (dy.op, dy.lite_reason, dy.flops, dy.zero_fraction) == (st.op, st.lite_reason, st.flops, st.zero_fraction)
