@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -124,16 +124,11 @@ def dygraph_model(spec: NetSpec, seed: int = 0) -> nn.Layer:
         return spec.build()
 
 
-@contextlib.contextmanager
-def static_mode() -> Iterator[None]:
-    """Static mode inside the block, dygraph restored afterwards."""
-    was_dynamic = paddle.in_dynamic_mode()
-    paddle.enable_static()
-    try:
-        yield
-    finally:
-        if was_dynamic:
-            paddle.disable_static()
+def static_mode() -> ContextManager[None]:
+    """Static mode (PIR) inside the block, the caller's mode afterwards: the library's one guard."""
+    from paddleslim_static.programs import static_mode as guard
+
+    return guard(pir=True)
 
 
 @dataclass

@@ -15,13 +15,12 @@ verification); this one only reads weights and needs neither onnx nor paddle2onn
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -126,23 +125,12 @@ def _json_default(o: Any) -> Any:
 
 
 # -- static helpers (shared with paddleslim_tools.deployment) --------------------------------------------
-@contextlib.contextmanager
-def static_mode(legacy: bool = False) -> Iterator[None]:
-    """Static mode (legacy IR with ``legacy``) for the duration; restores dygraph if it was on."""
-    import paddle
+def static_mode(legacy: bool = False) -> ContextManager[None]:
+    """Static mode (legacy IR with ``legacy``) for the duration: the project's one guard,
+    :func:`paddleslim_static.programs.static_mode`."""
+    from paddleslim_static.programs import static_mode as _static_mode
 
-    was_dynamic = paddle.in_dynamic_mode()
-    if was_dynamic:
-        paddle.enable_static()
-    try:
-        if legacy:
-            with paddle.pir_utils.OldIrGuard():
-                yield
-        else:
-            yield
-    finally:
-        if was_dynamic:
-            paddle.disable_static()
+    return _static_mode(pir=not legacy)
 
 
 def is_legacy_program(program: Any) -> bool:
