@@ -65,20 +65,21 @@ class UnstructuredPruner(Pruner):
         collectives: Any = None,
     ) -> None:
         self.model = check_model(model)
+        self._layers = LayerBackend(self.model)
         super().__init__(
-            LayerBackend(self.model), mode=mode, ratio=ratio, threshold=threshold,
+            self._layers, mode=mode, ratio=ratio, threshold=threshold,
             prune_params_type=prune_params_type, skip_params_func=skip_params_func, local_sparsity=local_sparsity,
             sparse_block=sparse_block, sparse_pattern=sparse_pattern, collectives=collectives,
         )
 
     def param_ids(self) -> Set[int]:
         """``id()`` of every parameter tensor this pruner masks."""
-        return self._backend.param_ids()  # type: ignore[attr-defined]
+        return self._layers.param_ids()
 
     @property
     def masks(self) -> Dict[str, paddle.Tensor]:
         """Parameter name -> bool mask tensor (a buffer of the owning layer)."""
-        return self._backend.mask_tensors()  # type: ignore[attr-defined]
+        return self._layers.mask_tensors()
 
     def folded(self) -> "contextlib.AbstractContextManager[None]":
         """Inside the block the masks are applied and detached (no hook, no mask buffers): the model is a plain
@@ -93,7 +94,7 @@ class UnstructuredPruner(Pruner):
         """
         self._check_live()
         self.update_params()
-        return self._backend.suspended()  # type: ignore[attr-defined]
+        return self._layers.suspended()
 
     def summarize_weights(self, model: Optional[paddle.nn.Layer] = None, ratio: float = 0.1) -> float:
         """|w| below which about ``ratio`` of the prunable weights of ``model`` (default: this pruner's) lie."""
@@ -142,8 +143,9 @@ class GMPUnstructuredPruner(UnstructuredPruner):
     ) -> None:
         schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the model is touched
         self.model = check_model(model)
+        self._layers = LayerBackend(self.model)
         Pruner.__init__(
-            self, LayerBackend(self.model), mode="ratio", ratio=ratio, prune_params_type=prune_params_type,
+            self, self._layers, mode="ratio", ratio=ratio, prune_params_type=prune_params_type,
             skip_params_func=skip_params_func, local_sparsity=local_sparsity, sparse_block=sparse_block,
             schedule=schedule, sparse_pattern=sparse_pattern, collectives=collectives,
         )

@@ -264,19 +264,21 @@ class UnstructuredPruner(Pruner):
         self.place = paddle.CPUPlace() if place is None else check_place(place)
         if not isinstance(packed, bool):
             raise TypeError(f"packed_masks must be a bool; got {packed!r}")
-        return ProgramBackend(self.program, self.startup_program, self.scope, self.place, local is True, packed)
+        self._program_backend = ProgramBackend(self.program, self.startup_program, self.scope, self.place,
+                                               local is True, packed)
+        return self._program_backend
 
     @property
     def pass_result(self) -> Optional[MaskPassResult]:
         """What the mask pass did to the program at construction."""
-        return self._backend.pass_result  # type: ignore[attr-defined]
+        return self._program_backend.pass_result
 
     @property
     def masks(self) -> Dict[str, str]:
         """Parameter name -> name of its mask variable in the program and the scope (bit-packed uint8 unless the
         pruner was built with ``packed_masks=False``: then bool of the parameter's shape). :meth:`mask_arrays` gives
         the bool masks."""
-        return dict(self._backend.mask_of)  # type: ignore[attr-defined]
+        return dict(self._program_backend.mask_of)
 
     def mask_arrays(self) -> Dict[str, np.ndarray]:
         """Parameter name -> a copy of its current mask (bool numpy array)."""

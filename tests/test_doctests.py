@@ -9,7 +9,7 @@ MODULES = [
     "paddleslim_static.core.schedule", "paddleslim_static.core.density", "paddleslim_static.mask_pass",
     "paddleslim_static.pruner", "paddleslim_dygraph.pruner", "paddleslim_static.core.pruner",
     "paddleslim_static.core.naming", "paddleslim_static.core.packing", "paddleslim_static.core.params",
-    "paddleslim_static.programs", "paddleslim_static.folding",
+    "paddleslim_static.programs", "paddleslim_static.folding", "paddleslim_static.core.backend",
 ]
 
 

@@ -24,77 +24,28 @@ Lifecycle, and what each stage may change:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import (
-    Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple,
-)
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import engine
+from .backend import ArrayBackend, Arrays, Backend
 from .nm import CONV, LINEAR, fill_nm_mask, nm_skip_reason, parse_pattern
 from .packing import pack_mask, unpack_mask
-from .params import ParamInfo, resolve_prunable
+from .params import resolve_prunable
 from .schedule import GMPSchedule
 from .selection import NonFiniteScoreError
 from .validation import (
     check_bool, check_mode, check_prune_params_type, check_ratio, check_sparse_block, check_threshold,
 )
 
-try:  # Python 3.8+: typing.Protocol
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment]
-
 __all__ = ["Backend", "Pruner", "ArrayBackend", "Arrays", "STATE_VERSION"]
 
 _log = logging.getLogger(__name__)
 
-Arrays = Dict[str, np.ndarray]
 STATE_VERSION = 1
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-class Backend(Protocol):
-    """What a mode supplies: its parameters, its weights and masks as host numpy arrays, and its checks."""
-
-    target: Any  # what skip_params_func receives: the model or the program
-    apply_on_attach: bool  # threshold mode: zero the pruned weights at construction (static: no forward hook)
-
-    def param_infos(self) -> List[ParamInfo]: ...
-
-    def check_attach(self, names: Sequence[str], pruner: "Pruner") -> None:
-        """Raise if masks cannot be attached for ``names`` (name clash, another live pruner...). Changes nothing."""
-
-    def attach(self, names: Sequence[str], pruner: "Pruner") -> None:
-        """Create all-True masks for ``names`` and register ``pruner`` as their owner; all or nothing."""
-
-    def open(self, names: Sequence[str]) -> ContextManager[Tuple[Arrays, Arrays]]:
-        """Writable host arrays ``(weights, masks)`` (zero-copy where possible), written back on exit."""
-
-    def weights_ready(self) -> bool:
-        """Whether the weights exist yet (static: the startup program ran in the scope)."""
-
-    def check_step(self) -> None:
-        """Raise if pruned weights could come back without an error (e.g. a replaced weight); changes nothing."""
-
-    def masks_reset(self) -> bool:
-        """Whether the masks were reset behind the pruner's back since the last call (static: startup re-run)."""
-
-    def store_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None: ...
-
-    def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
-        """Parameter name -> the key checkpoints use for it (stable across processes and model instances)."""
-
-    def masks_written(self) -> None:
-        """Called after the core wrote new masks into the arrays of :meth:`open` (static: pack them to the scope)."""
-
-    def after_apply(self) -> None:
-        """Called after masks were applied to the weights (dygraph: forwards need not re-apply them)."""
-
-    def detach(self) -> None:
-        """Forget the masks (finalize)."""
 
 
 class Pruner:
@@ -274,9 +225,8 @@ class Pruner:
         this pruner's target and prunable parameters; another target is read with the default rule)."""
         ratio = check_ratio(ratio, allow_one=True)
         if target is not None and target is not self._backend.target:
-            infos = self._backend.infos_of(target)  # type: ignore[attr-defined]
-            prunable, _ = resolve_prunable(infos, None, None)
-            return engine.summarize(self._backend.weights_of(target, [p.name for p in prunable]), ratio)  # type: ignore[attr-defined]  # noqa: E501
+            prunable, _ = resolve_prunable(self._backend.infos_of(target), None, None)
+            return engine.summarize(self._backend.weights_of(target, [p.name for p in prunable]), ratio)
         self._check_live()
         with self._backend.open(self._prunable) as (weights, _):
             return engine.summarize(weights, ratio)
@@ -446,70 +396,3 @@ def _first_diff(a: Sequence[str], b: Sequence[str]) -> Optional[str]:
         if x != y:
             return f"{x} != {y}"
     return "lengths differ"
-
-
-class ArrayBackend:
-    """A backend over a dict of numpy arrays: the core pruner without Paddle (examples, tests, other frameworks).
-
-    >>> import numpy as np
-    >>> w = {"a": np.arange(1, 9, dtype=np.float32).reshape(2, 4)}
-    >>> p = Pruner(ArrayBackend(w), mode="threshold", threshold=4.0)
-    >>> p.step(); w["a"].tolist()
-    [[0.0, 0.0, 0.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
-    """
-
-    apply_on_attach = False
-
-    def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
-        self.target = weights
-        self._weights = dict(weights)
-        self._masks: Arrays = {}
-
-    def param_infos(self) -> List[ParamInfo]:
-        return [ParamInfo(n, tuple(w.shape), dtype=str(w.dtype)) for n, w in self._weights.items()]
-
-    def check_attach(self, names: Sequence[str], pruner: Pruner) -> None:
-        if self._masks:
-            raise ValueError("this ArrayBackend already has a pruner")
-
-    def attach(self, names: Sequence[str], pruner: Pruner) -> None:
-        self._masks = {n: np.ones(self._weights[n].shape, bool) for n in names}
-
-    @contextlib.contextmanager
-    def open(self, names: Sequence[str]) -> Iterator[Tuple[Arrays, Arrays]]:
-        yield {n: self._weights[n] for n in names}, {n: self._masks[n] for n in names}
-
-    def weights_ready(self) -> bool:
-        return True
-
-    def check_step(self) -> None:
-        pass
-
-    def masks_reset(self) -> bool:
-        return False
-
-    def store_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None:
-        pass
-
-    def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
-        return {n: n for n in names}
-
-    def masks_written(self) -> None:
-        pass
-
-    def after_apply(self) -> None:
-        pass
-
-    def detach(self) -> None:
-        self._masks = {}
-
-    def infos_of(self, target: Any) -> List[ParamInfo]:
-        return [ParamInfo(n, tuple(w.shape), dtype=str(w.dtype)) for n, w in target.items()]
-
-    def weights_of(self, target: Any, names: Sequence[str]) -> Arrays:
-        return {n: target[n] for n in names}
-
-    @property
-    def masks(self) -> Arrays:
-        return dict(self._masks)
-
