@@ -27,3 +27,17 @@ def ratio_threshold(weights, ratio, block=(1, 1)):
 def summarize(weights, ratio):
     s = np.sort(np.concatenate([np.abs(w).ravel() for w in weights]))
     return float(s[max(0, math.ceil(ratio * s.size) - 1)])
+
+
+def on_c_and_numpy(fn):
+    """[fn() with the C kernels, fn() with the numpy code] (the C result equals the numpy one when C is absent)."""
+    from paddleslim_static.core import kernels
+
+    out = []
+    for flag in (True, False):
+        previous = kernels.use_c(flag)
+        try:
+            out.append(fn())
+        finally:
+            kernels.use_c(previous)
+    return out

@@ -6,21 +6,10 @@ import pytest
 from hypothesis import given, strategies as st
 
 import reference as ref
-from paddleslim_static.core import engine, kernels, ratio_threshold, score_source, threads
+from paddleslim_static.core import engine, kernels, ratio_threshold, threads
 from paddleslim_static.core.scores import block_scores, mask_from_threshold
 
 needs_c = pytest.mark.skipif(not kernels.available(), reason="C kernels not built")
-
-
-def _both(fn):
-    out = []
-    for flag in (True, False):
-        previous = kernels.use_c(flag)
-        try:
-            out.append(fn())
-        finally:
-            kernels.use_c(previous)
-    return out
 
 
 @st.composite
@@ -38,7 +27,7 @@ def block_case(draw):
 @given(block_case())
 def test_block_scores_same_bits_on_c_and_numpy(case):
     w, block = case
-    c, py = _both(lambda: block_scores(w, block)[0].tobytes())
+    c, py = ref.on_c_and_numpy(lambda: block_scores(w, block)[0].tobytes())
     assert c == py
 
 
@@ -52,7 +41,7 @@ def test_block_masks_same_bits_on_c_and_numpy(case, ratio, apply):
         g, _ = engine.ratio_thresholds({"w": ww}, ratio, False, block, src)
         engine.fill_masks({"w": ww}, {"w": m}, g, {}, block, apply=apply, sources=src)
         return g.tobytes(), m.tobytes(), ww.tobytes()
-    c, py = _both(run)
+    c, py = ref.on_c_and_numpy(run)
     assert c == py
 
 

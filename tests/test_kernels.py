@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import reference as ref
 from paddleslim_static.core import ScoreSource, fill_masks, kernels, ratio_threshold
 from paddleslim_static.core.engine import apply_masks
 
@@ -18,17 +19,6 @@ def weights(draw):
         if n:
             w[rng.integers(0, n)] = special
     return w
-
-
-def _both(fn):
-    out = []
-    for flag in (True, False):
-        previous = kernels.use_c(flag)
-        try:
-            out.append(fn())
-        finally:
-            kernels.use_c(previous)
-    return out
 
 
 @pytest.fixture(params=["avx2", "portable"])
@@ -73,7 +63,7 @@ def test_mask_apply_matches_numpy_bit_for_bit(w, t, apply):
         ww, m = w.copy(), np.empty(w.shape, bool)
         fill_masks({"w": ww}, {"w": m}, np.float32(t), {}, (1, 1), apply=apply)
         return ww.tobytes(), m.tobytes()
-    c, py = _both(run)
+    c, py = ref.on_c_and_numpy(run)
     assert c == py  # -0.0 and NaN included
 
 
@@ -84,7 +74,7 @@ def test_apply_matches_numpy_bit_for_bit(w):
         ww = w.copy()
         apply_masks({"w": ww}, {"w": mask})
         return ww.tobytes()
-    c, py = _both(run)
+    c, py = ref.on_c_and_numpy(run)
     assert c == py
 
 
@@ -93,7 +83,7 @@ def test_thresholds_equal_on_large_input():
     ws = [rng.standard_normal(300_000).astype(np.float32) for _ in range(3)]
     ws[1][rng.random(300_000) < 0.6] = 0
     for ratio in (0.1, 0.5, 0.7, 0.95):
-        c, py = _both(lambda r=ratio: ratio_threshold([ScoreSource(w) for w in ws], r))
+        c, py = ref.on_c_and_numpy(lambda r=ratio: ratio_threshold([ScoreSource(w) for w in ws], r))
         assert c.tobytes() == py.tobytes()
 
 
@@ -128,11 +118,12 @@ def test_misaligned_weights_give_the_numpy_bits():
     base = rng.standard_normal(1001).astype(np.float32)
     w = _misaligned(1001)
     w[:] = base
-    def run():
-        ww, m = w.copy(), np.empty(w.shape, bool)  # copy() is aligned: run the check on the view itself too
+
+    def run():  # on the misaligned view itself (a copy would be aligned)
+        m = np.empty(w.shape, bool)
         fill_masks({"w": w}, {"w": m}, np.float32(0.5), {}, (1, 1))
         return m.tobytes()
-    c, py = _both(run)
+    c, py = ref.on_c_and_numpy(run)
     assert c == py == (np.abs(base) >= np.float32(0.5)).tobytes()
     assert ratio_threshold([ScoreSource(w)], 0.3, direct_max=0, chunk=64) == ratio_threshold([ScoreSource(base)], 0.3)
 
