@@ -29,7 +29,8 @@ import paddle  # noqa: E402
 from paddleslim_dygraph import UnstructuredPruner  # noqa: E402
 from paddleslim_tools.export import export_layer  # noqa: E402
 
-logging.getLogger("paddleslim").setLevel(logging.WARNING)
+for _name in ("paddleslim_static", "paddleslim_dygraph", "paddleslim_tools"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def build(name: str):

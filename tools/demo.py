@@ -33,7 +33,7 @@ from .demo_core import Dataset, accuracy, check_mnist_dir, load_digits, load_mni
 __all__ = ["main", "run", "DemoResult", "Dataset", "load_digits", "load_mnist", "read_idx", "build_model",
            "digits_cnn", "mnist_cnn", "gmp_configs", "train_epoch", "accuracy"]
 
-_log = logging.getLogger("paddleslim")
+_log = logging.getLogger(__name__)
 _PROG = "paddleslim-demo"
 
 TARGET_RATIO = 0.9
@@ -246,7 +246,7 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> 
     spec = [paddle.static.InputSpec([None, 1, h, w], "float32", "image")]
     model.eval()
     out(f"== export to {out_dir} (Paddle inference model, ONNX, compressed ONNX, verification) ==", always=True)
-    handler, loggers = _StepLog(out), [logging.getLogger("paddleslim"), logging.getLogger("paddleslim_tools")]
+    handler, loggers = _StepLog(out), [logging.getLogger(n) for n in ("paddleslim_static", "paddleslim_tools.export")]
     saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
