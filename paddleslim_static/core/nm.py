@@ -46,7 +46,7 @@ Layout = Union[str, int]
 
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-_PAIRWISE_MAX_M = 16  # up to here the rank is counted by M vectorised comparisons; above, a stable argsort
+_PAIRWISE_MAX_M = 16  # up to here the rank is counted by M vectorised comparisons; above, a partition + tie count
 
 
 def check_nm(n: Any, m: Any, name: str = "sparse_pattern") -> Tuple[int, int]:
@@ -143,9 +143,12 @@ def _keep_top(keys: np.ndarray, n: int, out: np.ndarray) -> None:
                 np.add(rj, beats, out=rj, casting="unsafe")
         np.less(rank, n, out=out)
         return
-    order = np.argsort(~keys, axis=2, kind="stable")  # ~key: descending key, stable keeps earlier first
-    out[...] = False
-    np.put_along_axis(out, order[:, :, :n, :], True, axis=2)
+    # the n-th largest key t of every group (selection, not a sort); keep keys > t, then the earliest keys == t
+    t = np.partition(keys, m - n, axis=2)[:, :, m - n:m - n + 1, :]
+    np.greater(keys, t, out=out)
+    room = n - out.sum(axis=2, keepdims=True)  # how many keys equal to t the group still keeps
+    ties = keys == t
+    out |= ties & (np.cumsum(ties, axis=2) <= room)
 
 
 def fill_nm_mask(

@@ -120,18 +120,27 @@ SOLO = Solo()
 def _select_in(keys: np.ndarray, counts: Optional[np.ndarray], r: int) -> int:
     """r-th (0-based) smallest key of a small array (the band, or a tiny model), each key repeated counts[i] times.
 
-    Weighted: the small band is ordered and its counts accumulated (nothing the size of the elements is built)."""
+    Weighted: a quickselect on the keys (median pivots by ``np.partition``), counting weights instead of elements;
+    nothing the size of the elements is built and nothing is sorted."""
     if counts is None:
         return int(np.partition(keys, r)[r])
     if counts.size and counts.min() == counts.max():  # all blocks the same size: the (r // c)-th key
         return int(np.partition(keys, r // int(counts[0]))[r // int(counts[0])])
-    if counts.size and counts.max() < (1 << 32):  # one sort of (key, count) packed in 64 bits
-        packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | counts.astype(np.uint64))
-        cum = np.cumsum(packed & np.uint64(0xFFFFFFFF))
-        return int(packed[int(np.searchsorted(cum, r, side="right"))] >> np.uint64(32))
-    order = np.argsort(keys)
-    cum = np.cumsum(counts[order])
-    return int(keys[order[int(np.searchsorted(cum, r, side="right"))]])
+    counts = counts.astype(np.int64, copy=False)
+    while True:  # each round drops the pivot's key and at least half of the rest
+        pivot = np.partition(keys, keys.size // 2)[keys.size // 2]
+        below = keys < pivot
+        n_below = int(counts[below].sum())
+        if r < n_below:
+            keys, counts = keys[below], counts[below]
+            continue
+        equal = keys == pivot
+        n_equal = int(counts[equal].sum())
+        if r < n_below + n_equal:
+            return int(pivot)
+        r -= n_below + n_equal
+        above = ~(below | equal)
+        keys, counts = keys[above], counts[above]
 
 
 def _direct(sources: Sequence[ScoreSource], k: int, comm: Solo = SOLO, weighted: bool = False) -> int:
