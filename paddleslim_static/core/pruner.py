@@ -32,10 +32,11 @@ import numpy as np
 from . import engine
 from .backend import ArrayBackend, Arrays, Backend
 from .nm import CONV, LINEAR, fill_nm_mask, nm_skip_reason, parse_pattern
-from .packing import pack_mask, unpack_mask
+from .packing import pack_mask
 from .params import resolve_prunable
 from .schedule import GMPSchedule
 from .selection import NonFiniteScoreError
+from .state import STATE_VERSION, Config, check_fingerprints, fingerprints, parse_state, restored_masks
 from .validation import (
     check_bool, check_mode, check_prune_params_type, check_ratio, check_sparse_block, check_threshold,
 )
@@ -44,7 +45,6 @@ __all__ = ["Backend", "Pruner", "ArrayBackend", "Arrays", "STATE_VERSION"]
 
 _log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -240,66 +240,58 @@ class Pruner:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """The pruner's state for a checkpoint, like an optimizer's: schedule position, ratio, threshold(s), and the
-        masks in a compact form — rebuilt from the weights' zeros on load, so only a parameter whose mask is not
-        exactly ``weight != 0`` (rare: a kept weight that is exactly 0) stores its mask, bit-packed.
+        """The pruner's state for a checkpoint, like an optimizer's: schedule position, ratio, threshold(s), the
+        configuration and a fingerprint of the kept weights (both checked on load, :mod:`.state`), and the masks in a
+        compact form — rebuilt from the weights' zeros on load, so only a parameter whose mask is not exactly
+        ``weight != 0`` (rare: a kept weight that is exactly 0) stores its mask, bit-packed.
 
         Save it next to the model's weights (``paddle.save(pruner.state_dict(), 'ckpt.pdpruner')``)."""
         self._check_live()
         self._masks_reset()
         key = self._backend.state_keys(self._prunable)
-        exact: Dict[str, np.ndarray] = {}
         with self._backend.open(self._prunable) as (weights, masks):
-            for n in self._prunable:
-                if not np.array_equal(masks[n], weights[n] != 0):
-                    exact[key[n]] = pack_mask(masks[n])
+            exact = {key[n]: pack_mask(masks[n]) for n in self._prunable
+                     if not np.array_equal(masks[n], weights[n] != 0)}
+            prints = fingerprints({key[n]: weights[n] for n in self._prunable},
+                                  {key[n]: masks[n] for n in self._prunable})
         return {
             "version": STATE_VERSION, "mode": self.mode, "ratio": self.ratio, "threshold": self.threshold,
             "thresholds": {key[n]: t for n, t in self.thresholds.items()}, "iteration": self.cur_iteration,
-            "prunable": [key[n] for n in self._prunable], "masks": exact,
+            "prunable": [key[n] for n in self._prunable], "masks": exact, "config": self._config().record(),
+            "fingerprint": prints,
         }
 
     def set_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (load the model's weights first): masks, threshold(s), ratio and the schedule
-        position, so training resumes bit for bit. Checks everything before changing anything."""
+        """Restore :meth:`state_dict` **after** the model's weights were loaded: masks (in force when it returns:
+        every pruned weight is 0 before the next forward / ``exe.run``), threshold(s), ratio and the schedule
+        position, so training resumes bit for bit. Every key, the configuration and the weights' fingerprint are
+        checked (:func:`.state.parse_state`) before anything changes; weights that are not the ones the state was
+        saved with (e.g. not loaded yet) are a ValueError."""
         self._check_live()
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a dict from Pruner.state_dict(); got {type(state).__name__}")
-        missing = {"version", "mode", "ratio", "threshold", "thresholds", "iteration", "prunable", "masks"} - set(state)
-        if missing:
-            raise ValueError(f"state is missing {sorted(missing)}: not a Pruner.state_dict()")
-        if int(_scalar(state["version"])) != STATE_VERSION:
-            raise ValueError(f"state['version'] must be {STATE_VERSION}; got {state['version']!r}")
-        if state["mode"] != self.mode:
-            raise ValueError(f"state['mode'] is {state['mode']!r} but this pruner's mode is {self.mode!r}")
         key = self._backend.state_keys(self._prunable)
-        keys = [key[n] for n in self._prunable]
-        if [str(k) for k in state["prunable"]] != keys:
-            raise ValueError("state['prunable'] does not match this pruner's prunable parameters "
-                             f"({len(state['prunable'])} vs {len(keys)}; first difference at "
-                             f"{_first_diff([str(k) for k in state['prunable']], keys)!r})")
-        name_of = {k: n for n, k in key.items()}
-        ratio = check_ratio(float(_scalar(state["ratio"])), "state['ratio']")
-        threshold = float(_scalar(state["threshold"]))
-        iteration = int(_scalar(state["iteration"]))
-        unknown = sorted(str(k) for k in list(state["masks"]) + list(state["thresholds"]) if str(k) not in name_of)
-        if unknown:
-            raise ValueError(f"state names parameters this pruner does not prune: {unknown[:5]}")
-        thresholds = {name_of[str(k)]: float(_scalar(v)) for k, v in dict(state["thresholds"]).items()}
-        packed = {name_of[str(k)]: np.asarray(_array(v)) for k, v in dict(state["masks"]).items()}
+        shapes = {p.name: tuple(p.shape) for p in self._backend.param_infos()}
+        parsed = parse_state(state, self._config(), {key[n]: shapes[n] for n in self._prunable})
+        with self._backend.open(self._prunable) as (weights, _):
+            by_key = {key[n]: weights[n] for n in self._prunable}
+            restored = restored_masks(parsed, by_key)
+            check_fingerprints(parsed, by_key, restored)
+        self._backend.masks_reset()  # a reset (static: startup re-run) is moot: every mask is replaced below
         with self._backend.open(self._prunable) as (weights, masks):
-            exact = {n: unpack_mask(bits, weights[n].shape) for n, bits in packed.items()}  # validates sizes
             for n in self._prunable:
-                if n in exact:
-                    masks[n][...] = exact[n]
-                else:
-                    np.not_equal(weights[n], 0, out=masks[n])
+                masks[n][...] = restored[key[n]]
+            engine.apply_masks(weights, masks)
         self._backend.masks_written()
-        self._masks_reset()
-        self.ratio, self.threshold, self.thresholds = ratio, threshold, thresholds
-        self.cur_iteration = iteration
+        name_of = {k: n for n, k in key.items()}
+        self.ratio, self.threshold = parsed.ratio, parsed.threshold
+        self.thresholds = {name_of[k]: t for k, t in parsed.thresholds.items()}
+        self.cur_iteration = parsed.iteration
         self._recompute_next = False
         self._backend.store_thresholds(self.threshold, self.thresholds)
+        self._backend.after_apply()
+
+    def _config(self) -> Config:
+        return Config(self.mode, self.target_ratio, self.local_sparsity, self.sparse_block, self.sparse_pattern,
+                      self._schedule)
 
     # -- internals ---------------------------------------------------------------------------------
     def _check_live(self) -> None:
@@ -382,17 +374,3 @@ def _call_skip(func: Optional[Callable[[Any], Iterable[str]]], target: Any) -> O
         raise TypeError(f"skip_params_func must return names (str); it returned {bad[:3]!r} among them")
     return names
 
-
-def _scalar(v: Any) -> Any:
-    return np.asarray(_array(v)).reshape(()).item() if not isinstance(v, (int, float, str)) else v
-
-
-def _array(v: Any) -> Any:
-    return v.numpy() if hasattr(v, "numpy") else v
-
-
-def _first_diff(a: Sequence[str], b: Sequence[str]) -> Optional[str]:
-    for x, y in zip(a, b):
-        if x != y:
-            return f"{x} != {y}"
-    return "lengths differ"
