@@ -15,7 +15,7 @@ import numpy as np
 from . import kernels, threads
 from .distributed import Collectives, Group
 from .scores import mask_from_threshold, score_source
-from .selection import HINT_WIDTH, SOLO, ScoreSource, kth_smallest, ratio_threshold
+from .selection import HINT_WIDTH, SOLO, ScoreSource, count_threshold, kth_smallest, ratio_threshold
 
 __all__ = ["score_sources", "ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize"]
 
@@ -57,6 +57,7 @@ def _site(weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: B
 def ratio_thresholds(
     weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block, sources: Optional[Sources] = None,
     *, hint: Hint = None, collectives: Optional["Collectives"] = None,
+    prune_counts: Optional[Mapping[str, int]] = None,
 ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
     """(global threshold, per-parameter thresholds) for ratio mode; exactly one of them is filled.
 
@@ -69,6 +70,9 @@ def ratio_thresholds(
     rank gets the global threshold one process would pick over all of them, bit for bit (local mode needs no
     communication: each parameter's threshold is its own).
 
+    ``prune_counts`` (local mode): how many elements of each parameter to prune instead of ``round(ratio * n)``
+    (a sparsity allocation, :mod:`.allocation`); a count >= the parameter's size gives +inf (all pruned).
+
     >>> import numpy as np
     >>> w = {'a': np.array([[1., -2.], [3., 0.]], np.float32), 'b': np.array([[0.5, 4.]], np.float32)}
     >>> g, per = ratio_thresholds(w, 0.5, local=False, block=(1, 1))
@@ -76,11 +80,14 @@ def ratio_thresholds(
     (2.0, {})
     """
     sources = score_sources(weights, block) if sources is None else sources
-    site = _site(weights, ratio, local, block)
+    site = _site(weights, ratio, local, block) + (() if prune_counts is None else (tuple(prune_counts.items()),))
     cached_g, cached_per, width = _HINTS.get(site, (None, {}, HINT_WIDTH))
     if local:
         hints = hint if isinstance(hint, Mapping) else cached_per
-        per = {n: ratio_threshold([sources[n]], ratio, hint=hints.get(n)) for n in weights}
+        if prune_counts is None:
+            per = {n: ratio_threshold([sources[n]], ratio, hint=hints.get(n)) for n in weights}
+        else:
+            per = {n: count_threshold([sources[n]], int(prune_counts[n]), hint=hints.get(n)) for n in weights}
         result: Tuple[Optional[np.float32], Dict[str, np.float32]] = (None, per)
     else:
         g_hint = cached_g if hint is None or isinstance(hint, Mapping) else float(hint)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .streaming import CHUNK, stream_pass
 
-__all__ = ["ScoreSource", "kth_smallest", "prune_count", "ratio_threshold", "NonFiniteScoreError"]
+__all__ = ["ScoreSource", "kth_smallest", "prune_count", "ratio_threshold", "count_threshold", "NonFiniteScoreError"]
 
 _ABS = np.uint32(0x7FFFFFFF)
 _INF_KEY = np.uint32(0x7F800000)
@@ -324,7 +324,18 @@ def ratio_threshold(sources: Sequence[ScoreSource], ratio: float, **kw) -> np.fl
     3.0
     """
     total = kw.get("comm", SOLO).sum([sum(s.total for s in sources)])[0]
-    k = prune_count(total, ratio)
+    return count_threshold(sources, prune_count(total, ratio), total=total, **kw)
+
+
+def count_threshold(sources: Sequence[ScoreSource], k: int, total: Optional[int] = None, **kw) -> np.float32:
+    """Smallest kept score when the ``k`` lowest-scored elements are pruned; +inf when ``k`` >= all elements.
+
+    >>> import numpy as np
+    >>> float(count_threshold([ScoreSource(np.arange(10, dtype=np.float32))], 4))
+    4.0
+    """
+    if total is None:
+        total = kw.get("comm", SOLO).sum([sum(s.total for s in sources)])[0]
     if k >= total:
         return np.float32(np.inf)
     return kth_smallest(sources, k, **kw)
