@@ -174,7 +174,7 @@ def test_checkpoint_with_masks_is_folded(tmp_path, packed):
     # re-exporting into an existing directory without compression removes the stale sparse file
     rep3 = export_checkpoint(plain, NETS["lenet"].build, spec(1, 28, 28), tmp_path / "out", compress=False)
     assert rep3.ok and sorted(os.listdir(tmp_path / "out")) == [
-        "model.json", "model.onnx", "model.pdiparams", "model.report.json"]
+        "model.json", "model.onnx", "model.pdiparams", "model_report.json"]
 
 
 def _masks_by_key(model, pruner):

@@ -64,8 +64,8 @@ def test_cli_checkpoint_subprocess_without_network(tmp_path):
     assert "pip install" not in proc.stderr and "Collecting" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr  # the CLI is quiet on success
     files = sorted(os.listdir(out))
-    assert files == ["model.json", "model.onnx", "model.pdiparams", "model.report.json", "model.sparse.onnx"]
-    rep = json.loads((out / "model.report.json").read_text())
+    assert files == ["model.json", "model.onnx", "model.pdiparams", "model.sparse.onnx", "model_report.json"]
+    rep = json.loads((out / "model_report.json").read_text())
     assert rep["ok"] and rep["compression_ratio"] < 0.5 and not rep["unmatched"]
     assert not [lay for lay in rep["layers"] if lay["name"].endswith("_mask")]
 
@@ -80,7 +80,7 @@ def test_cli_inference_model_and_quiet(tmp_path, lenet_ckpt, capsys):
     code = main(["--inference-model", str(tmp_path / "a" / "model.json"), "--out", str(tmp_path / "b"),
                  "--name", "lenet", "--opset", "11", "--no-compress"])
     assert code == 0
-    assert sorted(os.listdir(tmp_path / "b")) == ["lenet.json", "lenet.onnx", "lenet.pdiparams", "lenet.report.json"]
+    assert sorted(os.listdir(tmp_path / "b")) == ["lenet.json", "lenet.onnx", "lenet.pdiparams", "lenet_report.json"]
     m = onnx.load(str(tmp_path / "b" / "lenet.onnx"))
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 11
     assert "verification: passed" in capsys.readouterr().out

@@ -25,6 +25,6 @@ def test_docs_export_code_blocks_run_as_written(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / "exported_static")) == [
-        "lenet.json", "lenet.onnx", "lenet.pdiparams", "lenet.report.json", "lenet.sparse.onnx"]
-    assert os.path.isfile(tmp_path / "exported_lite" / "model.lite.pdmodel")
+        "lenet.json", "lenet.onnx", "lenet.pdiparams", "lenet.sparse.onnx", "lenet_report.json"]
+    assert os.path.isfile(tmp_path / "exported_lite" / "lite" / "model.pdmodel")
     assert "--sparse_model=true --sparse_threshold=0.6" in proc.stdout

@@ -37,10 +37,10 @@ def test_lite_target_from_a_live_pruned_layer(tmp_path):
                           target="all")
     assert report.ok, report.failures
     files = sorted(os.listdir(tmp_path / "o"))
-    assert files == ["model.json", "model.lite.pdiparams", "model.lite.pdmodel", "model.onnx", "model.pdiparams",
-                     "model.report.json", "model.sparse.onnx"]
+    assert files == ["lite", "model.json", "model.onnx", "model.pdiparams", "model.sparse.onnx", "model_report.json"]
+    assert sorted(os.listdir(tmp_path / "o" / "lite")) == ["model.pdiparams", "model.pdmodel"]
     # the Lite model is legacy IR (protobuf, loads under OldIrGuard) with exactly the Paddle 3 model's weights
-    lite = legacy_model(str(tmp_path / "o" / "model.lite"))
+    lite = legacy_model(str(tmp_path / "o" / "lite" / "model"))
     assert "conv2d" in lite.op_names and not any(n.endswith("_mask") for n in lite.var_names)
     pir = {p.name: p.numpy() for p in model.parameters()}
     pruned = [n for n, w in pir.items() if w.ndim == 4 and (w == 0).any()]
@@ -52,8 +52,8 @@ def test_lite_target_from_a_live_pruned_layer(tmp_path):
     # the opt command: exact flags, absolute paths of the written files
     o = str(tmp_path / "o")
     assert report.lite_command == (
-        f"paddle_lite_opt --model_file={o}/model.lite.pdmodel --param_file={o}/model.lite.pdiparams "
-        f"--optimize_out={o}/model_lite_sparse --valid_targets=arm --sparse_model=true --sparse_threshold=0.6")
+        f"paddle_lite_opt --model_file={o}/lite/model.pdmodel --param_file={o}/lite/model.pdiparams "
+        f"--optimize_out={o}/lite/model_sparse --valid_targets=arm --sparse_model=true --sparse_threshold=0.6")
     data = json.loads(open(report.files["report"]).read())
     assert data["lite_command"] == report.lite_command and data["target"] == "all"
     assert report.lite_command in report.format_table()
@@ -73,7 +73,7 @@ def test_lite_verification_catches_a_changed_zero(tmp_path):
     report = export_layer(model, spec(16), tmp_path / "o", target="lite")
     assert report.ok and "onnx" not in report.files
     ref = SavedModel(str(tmp_path / "o" / "model"), legacy=False)
-    lite = legacy_model(str(tmp_path / "o" / "model.lite"))
+    lite = legacy_model(str(tmp_path / "o" / "lite" / "model"))
     w = lite.weights["linear_0.w_0"]
     w.reshape(-1)[np.flatnonzero(w.reshape(-1) == 0)[0]] = 0.25
     bad = ExportReport(name="model", out_dir=str(tmp_path))

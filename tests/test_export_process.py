@@ -67,8 +67,8 @@ def test_console_script_without_the_export_extra(tmp_path, lenet_ckpt, no_extra)
     proc = run([SCRIPT] + args + ["--target", "lite", "-q"], env=env(PYTHONPATH=no_extra))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--sparse_model=true --sparse_threshold=0.6" in proc.stdout
-    assert sorted(os.listdir(out)) == ["model.json", "model.lite.pdiparams", "model.lite.pdmodel", "model.pdiparams",
-                                       "model.report.json"]
+    assert sorted(os.listdir(out)) == ["lite", "model.json", "model.pdiparams", "model_report.json"]
+    assert sorted(os.listdir(out / "lite")) == ["model.pdiparams", "model.pdmodel"]
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -16,7 +16,8 @@ from .checks import verify_lite, verify_onnx
 from .errors import ExportError, one_line
 from .extras import require_extra
 from .folding import folded_layer, folded_program
-from .lite import LITE_SUFFIX, save_lite_layer
+from .layout import lite_prefix, model_prefix
+from .lite import save_lite_layer
 from .loading import SavedModel, build_network, load_checkpoint, model_files
 from .pipeline import LiteResult, Timer, finish
 from .specs import ExportOptions, check_input_spec, np_dtype
@@ -51,7 +52,7 @@ def export_layer(layer: paddle.nn.Layer, input_spec: Sequence[paddle.static.Inpu
     if not paddle.in_dynamic_mode():
         raise ExportError("export_layer needs dygraph mode (call paddle.disable_static() first)")
     timer = Timer()
-    with staging(out_dir, opts.name, opts.suffixes) as (tmp, final):
+    with staging(out_dir, opts.outputs) as (tmp, final):
         with folded_layer(layer):  # only while saving: the pruners are live again for the verification
             lite = _save_layer(layer, specs, tmp, opts, timer)
         structured = {p.name: n for n, p in layer.named_parameters()}
@@ -70,13 +71,13 @@ def _save_layer(layer: paddle.nn.Layer, specs: List[paddle.static.InputSpec], tm
         except Exception as e:
             raise ExportError(f"input_spec does not fit the network: {one_line(e)}") from None
         try:
-            paddle.jit.save(layer, os.path.join(tmp, opts.name), input_spec=specs)
+            paddle.jit.save(layer, model_prefix(tmp, opts.name), input_spec=specs)
         except Exception as e:
             raise ExportError(f"paddle.jit.save failed: {one_line(e)}") from None
     if not opts.lite:
         return None
     with timer("lite_save"):
-        prefix = os.path.join(tmp, opts.name + LITE_SUFFIX)
+        prefix = lite_prefix(tmp, opts.name)
         save_lite_layer(layer, specs, prefix)
     return LiteResult(prefix + ".pdmodel", prefix + ".pdiparams")
 
@@ -188,12 +189,12 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
         if not fetch_vars:
             raise ExportError("fetch_vars is required: the program has no fetch ops")
     timer = Timer()
-    with staging(out_dir, opts.name, opts.suffixes) as (tmp, final):
+    with staging(out_dir, opts.outputs) as (tmp, final):
         with timer("paddle_save"), folded_program(program, scope), program_mode(program), \
                 paddle.static.scope_guard(scope):
             exe = paddle.static.Executor(paddle.CPUPlace())
             try:
-                paddle.static.save_inference_model(os.path.join(tmp, opts.name), feed_vars, list(fetch_vars), exe,
+                paddle.static.save_inference_model(model_prefix(tmp, opts.name), feed_vars, list(fetch_vars), exe,
                                                    program=program)
             except Exception as e:
                 raise ExportError(f"save_inference_model failed: {one_line(e)}") from None
@@ -201,24 +202,24 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
 
 
 def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol: float = 1e-5) -> ExportReport:
-    """Re-verify an existing export directory: the Paddle model against ``name.onnx``, ``name.sparse.onnx`` and
-    ``name.lite.pdmodel``, whichever exist; writes nothing."""
+    """Re-verify an existing export directory: the Paddle model against ``NAME.onnx``, ``NAME.sparse.onnx`` and
+    ``lite/NAME.pdmodel``, whichever exist; writes nothing."""
     out_dir = check_out_dir(out_dir)
-    prefix = os.path.join(out_dir, name)
+    prefix = model_prefix(out_dir, name)
     model_file, params_file, legacy = model_files(prefix)
     plain_path, sparse_path = prefix + ".onnx", prefix + ".sparse.onnx"
-    lite_prefix = prefix + LITE_SUFFIX
-    has_onnx, has_lite = os.path.isfile(plain_path), os.path.isfile(lite_prefix + ".pdmodel")
+    lite = lite_prefix(out_dir, name)
+    has_onnx, has_lite = os.path.isfile(plain_path), os.path.isfile(lite + ".pdmodel")
     if not has_onnx and not has_lite:
-        raise ExportError(f"neither {plain_path!r} nor {lite_prefix + '.pdmodel'!r} exists")
+        raise ExportError(f"neither {plain_path!r} nor {lite + '.pdmodel'!r} exists")
     saved = SavedModel(prefix, legacy)
     report = ExportReport(name=name, out_dir=out_dir, target="all" if has_onnx and has_lite else
                           ("onnx" if has_onnx else "lite"))
     report.rows = layer_rows(saved.weights)
     report.files = {"paddle_model": model_file, "paddle_params": params_file}
     if has_lite:
-        report.files.update(lite_model=lite_prefix + ".pdmodel", lite_params=lite_prefix + ".pdiparams")
-        verify_lite(report, saved, SavedModel(lite_prefix, legacy=True), seed, rtol)
+        report.files.update(lite_model=lite + ".pdmodel", lite_params=lite + ".pdiparams")
+        verify_lite(report, saved, SavedModel(lite, legacy=True), seed, rtol)
     if has_onnx:
         require_extra("verifying an ONNX export")
         import onnx

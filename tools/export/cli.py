@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", metavar="DIR", help="output directory")
     p.add_argument("--name", default="model", help="file name stem of the outputs (default: model)")
     p.add_argument("--target", choices=("onnx", "lite", "all"), default="onnx",
-                   help="onnx: NAME.onnx + NAME.sparse.onnx (default); lite: NAME.lite.pdmodel/.pdiparams "
-                   "(legacy IR, for Paddle Lite's opt); all: both")
+                   help="onnx: NAME.onnx + NAME.sparse.onnx (default); lite: lite/NAME.pdmodel + .pdiparams "
+                   "(legacy IR, for Paddle Lite's opt); all: both. The Paddle model NAME.json + NAME.pdiparams "
+                   "is always written and loads with paddle.jit.load(OUT/NAME)")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13)")
     p.add_argument("--no-compress", action="store_true", help="do not write NAME.sparse.onnx")
     p.add_argument("--no-verify", action="store_true", help="skip verification")

@@ -15,13 +15,12 @@ import paddle
 
 from .errors import ExportError, one_line
 
-__all__ = ["LITE_SUFFIX", "save_lite_layer", "lite_command"]
-
-LITE_SUFFIX = ".lite"  # NAME.lite.pdmodel + NAME.lite.pdiparams, next to the Paddle 3 NAME.json + NAME.pdiparams
+__all__ = ["save_lite_layer", "lite_command"]
 
 
 def save_lite_layer(layer: paddle.nn.Layer, input_spec: List[paddle.static.InputSpec], prefix: str) -> None:
-    """Save ``layer`` (dygraph, already folded and in eval mode) as a legacy-IR inference model at ``prefix``."""
+    """Save ``layer`` (dygraph, already folded and in eval mode) as a legacy-IR inference model at ``prefix``
+    (``lite/NAME`` in an export, see :mod:`.layout`)."""
     try:
         with paddle.pir_utils.OldIrGuard():
             paddle.jit.save(layer, prefix, input_spec=input_spec)

@@ -11,7 +11,8 @@ from ..onnx_sparse import canonicalize, compress as compress_model
 from ..p2o_convert import convert
 from ..report import ExportReport, file_sizes, layer_rows
 from .checks import check_no_masks, verify_lite, verify_onnx
-from .lite import LITE_SUFFIX, lite_command
+from .layout import lite_prefix, model_prefix, report_path
+from .lite import lite_command
 from .loading import SavedModel, model_files
 from .specs import ExportOptions
 
@@ -125,11 +126,13 @@ def _nm(report: ExportReport, saved: SavedModel, opts: ExportOptions) -> None:
 
 def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer,
            structured: Optional[Dict[str, str]] = None, lite: Optional[LiteResult] = None) -> ExportReport:
-    """Convert, compress, verify and report the model saved at ``tmp/NAME``; writes ``NAME.report.json``.
+    """Convert, compress, verify and report the model saved at ``tmp/NAME``; writes ``NAME_report.json``.
 
     ``lite``: the legacy-IR model written for Paddle Lite (None when the Paddle model itself is legacy IR).
+    ``structured``: Paddle parameter name -> structured name (``features.3.weight``), in model order.
     """
-    prefix = os.path.join(tmp, opts.name)
+    prefix = model_prefix(tmp, opts.name)
+    at_final = lambda p: os.path.join(final, os.path.relpath(p, tmp))  # noqa: E731
     model_file, params_file, _ = model_files(prefix)
     saved = SavedModel(prefix, legacy)
     report = ExportReport(name=opts.name, out_dir=final, opset=opts.opset, sparse_cutoff=opts.sparse_cutoff,
@@ -152,9 +155,8 @@ def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer
     if opts.lite:
         lite = lite or LiteResult(model_file, params_file)
         local["lite_model"], local["lite_params"] = lite.model_file, lite.params_file
-        out = lambda p: os.path.join(final, os.path.basename(p))  # noqa: E731
-        report.lite_command = lite_command(out(lite.model_file), out(lite.params_file),
-                                           os.path.join(final, opts.name + "_lite_sparse"), opts.sparse_threshold)
+        report.lite_command = lite_command(at_final(lite.model_file), at_final(lite.params_file),
+                                           at_final(lite_prefix(tmp, opts.name) + "_sparse"), opts.sparse_threshold)
     report.rows = layer_rows(saved.weights, structured)
     stored = set(packed.stored_sparse) if packed else set()
     for r in report.rows:
@@ -162,7 +164,7 @@ def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer
     if opts.verify:
         with timer("verify"):
             if lite is not None and lite.model_file != model_file:
-                lite_saved = SavedModel(os.path.join(tmp, opts.name + LITE_SUFFIX), legacy=True)
+                lite_saved = SavedModel(lite_prefix(tmp, opts.name), legacy=True)
                 verify_lite(report, saved, lite_saved, opts.seed, opts.rtol)
             if plain is not None:  # last: locating a diverging op adds fetch ops to saved.program
                 verify_onnx(report, saved, plain.model, plain.path, packed.path if packed else None, opts.seed,
@@ -170,8 +172,8 @@ def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer
     with timer("deployment_report"):
         _deployment(report, saved, opts)
     report.file_sizes = file_sizes(local)
-    local["report"] = prefix + ".report.json"
-    report.files = {k: os.path.join(final, os.path.basename(p)) for k, p in local.items()}
+    local["report"] = report_path(tmp, opts.name)
+    report.files = {k: at_final(p) for k, p in local.items()}
     with open(local["report"], "w", encoding="utf-8") as f:
         f.write(report.to_json())
     return report

@@ -76,7 +76,7 @@ class ExportOptions:
     ``sparse_cutoff``: store weights with density <= this sparse (None: whenever COO is smaller);
     ``onnx_transform``: applied to the converted ``onnx.ModelProto`` before it is saved and verified;
     ``target``: ``"onnx"`` (Paddle model + ONNX + compressed ONNX), ``"lite"`` (Paddle model + a legacy-IR
-    ``NAME.lite.pdmodel`` for Paddle Lite's opt) or ``"all"``;
+    ``lite/NAME.pdmodel`` for Paddle Lite's opt) or ``"all"``;
     ``nm_pattern``: ``'2:4'`` makes verification also require every qualifying weight to be N:M sparse.
     """
 
@@ -128,7 +128,9 @@ class ExportOptions:
         return self.target in ("lite", "all")
 
     @property
-    def suffixes(self) -> Sequence[str]:
-        """Every file suffix an export under ``name`` may write (stale ones are removed on re-export)."""
-        return (".json", ".pdmodel", ".pdiparams", ".onnx", ".sparse.onnx", ".report.json", ".lite.pdmodel",
-                ".lite.pdiparams")
+    def outputs(self) -> Sequence[str]:
+        """Every file (relative to ``out_dir``) an export under ``name`` may write, and the ones earlier versions
+        wrote next to the model: re-exporting removes those it does not write (see :mod:`.layout`)."""
+        from .layout import LEGACY_FILES, relpaths
+
+        return relpaths(self.name, "all") + [self.name + s for s in LEGACY_FILES]

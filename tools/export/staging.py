@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Iterator, List, Sequence, Tuple, Union
+from typing import Iterator, List, Sequence, Set, Tuple, Union
 
 from .errors import ExportError
 
@@ -63,13 +63,24 @@ def remove_stale_staging(parent: str) -> List[str]:
     return removed
 
 
-@contextlib.contextmanager
-def staging(out_dir: Union[str, "os.PathLike[str]"], name: str,
-            suffixes: Sequence[str]) -> Iterator[Tuple[str, str]]:
-    """Yield (staging dir, final out_dir); move the staging dir's files into place on success.
+def _files_under(root: str) -> Set[str]:
+    """Every file below ``root``, relative and ``/``-separated."""
+    out = set()
+    for d, _, files in os.walk(root):
+        rel = os.path.relpath(d, root)
+        out.update(f if rel == "." else "/".join(rel.split(os.sep) + [f]) for f in files)
+    return out
 
-    In an existing out_dir, files ``name + suffix`` of an earlier export that this export does not write (e.g.
-    ``name.sparse.onnx`` after ``compress=False``) are removed so the set stays consistent; other files are kept.
+
+@contextlib.contextmanager
+def staging(out_dir: Union[str, "os.PathLike[str]"], outputs: Sequence[str]) -> Iterator[Tuple[str, str]]:
+    """Yield (staging dir, final out_dir); move the staging dir's files (subdirectories included) into place on
+    success.
+
+    ``outputs``: every file (relative, ``/``-separated) an export of this name may write. In an existing out_dir,
+    those this export did not write (e.g. ``NAME.sparse.onnx`` after ``compress=False``, ``lite/NAME.pdmodel``
+    after a ``target="onnx"`` export) are removed so the set stays consistent, and a subdirectory left empty by
+    that too; other files are kept.
     On any exception (KeyboardInterrupt included) the staging directory and any parent directories created for
     it are removed.
     """
@@ -93,13 +104,18 @@ def staging(out_dir: Union[str, "os.PathLike[str]"], name: str,
         if not os.path.exists(final):
             os.rename(tmp, final)
         else:
-            produced = set(os.listdir(tmp))
-            for suffix in suffixes:
-                stale = os.path.join(final, name + suffix)
-                if name + suffix not in produced and os.path.isfile(stale):
+            produced = _files_under(tmp)
+            for rel in outputs:
+                stale = os.path.join(final, *rel.split("/"))
+                if rel not in produced and os.path.isfile(stale):
                     os.remove(stale)
-            for f in produced:
-                os.replace(os.path.join(tmp, f), os.path.join(final, f))
+                    if os.path.dirname(stale) != final:
+                        with contextlib.suppress(OSError):  # only when empty
+                            os.rmdir(os.path.dirname(stale))
+            for rel in sorted(produced):
+                dest = os.path.join(final, *rel.split("/"))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(os.path.join(tmp, *rel.split("/")), dest)
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         if tmp is not None:

@@ -1,0 +1,78 @@
+"""Where an export puts its files, so that every loader reads its model and nothing else.
+
+``paddle.jit.load(DIR/NAME)`` does not read one model: it lists ``DIR`` and loads every file
+``NAME<x>.<method>.json`` / ``.pdmodel`` / ``.pdiparams`` as the program or weights of a further method
+``<method>`` (Paddle 3.3.1, ``pir_translated_layer._construct_program_holders``). A report ``NAME.report.json`` or a
+Lite model ``NAME.lite.pdmodel`` next to the model made it fail (``Invalid model file``, ``KeyError: 'lite'``).
+
+The rule, for every file an export writes into ``out_dir``:
+
+* the top level holds one Paddle model, the dense Paddle 3 inference model ``NAME.json`` (``NAME.pdmodel`` for a
+  legacy-IR source) + ``NAME.pdiparams`` - what ``paddle.jit.load`` and ``paddle.inference`` read - and files
+  no Paddle loader looks at: ``NAME.onnx``, ``NAME.sparse.onnx`` (onnxruntime) and the report ``NAME_report.json``
+  (side files use ``_``, never a second ``.``: ``jit.load`` skips ``NAME_x.json``);
+* every other model goes into a subdirectory named for its target, keeping ``NAME``: ``lite/NAME.pdmodel`` +
+  ``lite/NAME.pdiparams`` (Paddle Lite's ``opt``), ``sparse-cpu/`` (reserved: a sparse Paddle model for x86);
+  each such directory is a model directory by the same rule.
+
+:func:`misread_by_jit_load` checks a directory against it.
+
+>>> relpaths("model", "all")
+['model.json', 'model.pdmodel', 'model.pdiparams', 'model.onnx', 'model.sparse.onnx', 'model_report.json', \
+'lite/model.pdmodel', 'lite/model.pdiparams']
+>>> misread_by_jit_load(["model.json", "model.pdiparams", "model.report.json", "model_report.json"], "model")
+['model.report.json']
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, List
+
+__all__ = ["TARGET_DIRS", "LITE_DIR", "SPARSE_CPU_DIR", "REPORT_SUFFIX", "LEGACY_FILES", "model_prefix",
+           "lite_prefix", "report_path", "relpaths", "misread_by_jit_load"]
+
+LITE_DIR = "lite"
+SPARSE_CPU_DIR = "sparse-cpu"  # reserved for the sparse Paddle model of the x86 sparse-CPU target
+#: subdirectory of each target that writes a second Paddle model
+TARGET_DIRS = {"lite": LITE_DIR, "sparse-cpu": SPARSE_CPU_DIR}
+REPORT_SUFFIX = "_report.json"
+#: what earlier versions wrote next to the model and ``jit.load`` misreads: removed when re-exporting over them
+LEGACY_FILES = (".report.json", ".lite.pdmodel", ".lite.pdiparams")
+_MODEL_EXTS = (".json", ".pdmodel", ".pdiparams")
+
+
+def model_prefix(out_dir: str, name: str) -> str:
+    """Path prefix of the dense Paddle model: ``out_dir/NAME`` (+ ``.json``/``.pdmodel``, ``.pdiparams``)."""
+    return os.path.join(out_dir, name)
+
+
+def lite_prefix(out_dir: str, name: str) -> str:
+    """Path prefix of the legacy-IR model for Paddle Lite: ``out_dir/lite/NAME``."""
+    return os.path.join(out_dir, LITE_DIR, name)
+
+
+def report_path(out_dir: str, name: str) -> str:
+    """The export report: ``out_dir/NAME_report.json``."""
+    return os.path.join(out_dir, name + REPORT_SUFFIX)
+
+
+def relpaths(name: str, target: str = "all") -> List[str]:
+    """Every file (relative to ``out_dir``, ``/``-separated) an export under ``name`` may write for ``target``;
+    re-exporting removes the ones it does not write this time."""
+    out = [name + e for e in _MODEL_EXTS] + [name + ".onnx", name + ".sparse.onnx", name + REPORT_SUFFIX]
+    if target in ("lite", "all"):
+        out += [f"{LITE_DIR}/{name}.pdmodel", f"{LITE_DIR}/{name}.pdiparams"]
+    return out
+
+
+def misread_by_jit_load(files: Iterable[str], name: str) -> List[str]:
+    """The entries of a directory listing that ``paddle.jit.load(DIR/NAME)`` would load as an extra method
+    (Paddle 3.3.1's rule: starts with ``NAME``, ends in a model extension, exactly two dots after ``NAME``)."""
+    bad = []
+    for f in files:
+        for ext in _MODEL_EXTS:
+            if f.startswith(name) and f.endswith(ext) and f != name + ext:
+                middle = f[len(name): -len(ext) + 1].split(".")
+                if len(middle) == 3 and middle[1]:
+                    bad.append(f)
+    return bad
