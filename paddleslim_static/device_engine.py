@@ -1,0 +1,438 @@
+"""The engine of Paddle operations: thresholds and masks computed where the tensors live (an accelerator, or the CPU
+when forced), bit for bit what the numpy/C core (:mod:`paddleslim_static.core.engine`) computes.
+
+It takes ``paddle.Tensor`` weights and bool mask tensors (not host arrays) and never copies either to the host:
+
+* **ratio selection** is an exact radix selection over the 31-bit keys ``bits(float32(|w|))`` (the order of the
+  scores): three histograms (11, 10 and 10 bits) by ``paddle.bincount``, each narrowing to the bucket that holds
+  the k-th key, located on the device by a cumulative sum. Block scores are weighted by the elements each block
+  stands for. Nothing is sorted; the only transfer is the final keys and a non-finite count (a few int64 scalars);
+  with ``collectives`` the three histograms (2049 int64 each) are summed across ranks on the host.
+* **block scores** are the float32-rounded float64 mean |w| summed in the core's order (a block's rows first, in
+  row order, then its columns left to right); the edge blocks are zero-padded, which adds exact zeros.
+* **masks** compare the same keys with the threshold's key; applying one is an in-place multiply
+  (``w * 1`` or ``w * 0`` in the weight's dtype, as ``np.multiply``), and masks are written in place.
+* **N:M** ranks every weight in its group of M by its key in the weight's own dtype (earlier weight wins a tie) and
+  keeps rank < N, as :func:`paddleslim_static.core.nm.fill_nm_mask` does.
+* **NaN / Inf**: a ratio selection or summary that sees one raises
+  :class:`~paddleslim_static.core.selection.NonFiniteScoreError` with the core's message; threshold masks keep NaN.
+
+Hints (warm starts) change only the speed of the core's selection; this one always makes three passes.
+
+>>> import numpy as np, paddle
+>>> from paddleslim_static.device_engine import PaddleEngine
+>>> w = {'a': paddle.to_tensor([[1., -2.], [3., 0.]]), 'b': paddle.to_tensor([[0.5, 4.]])}
+>>> g, per = PaddleEngine().ratio_thresholds(w, 0.5, local=False, block=(1, 1))
+>>> float(g), per
+(2.0, {})
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+
+from .core.nm import reduction_axis
+from .core.scores import _geometry, uses_blocks
+from .core.selection import DIRECT_MAX, SOLO, NonFiniteScoreError, _check_finite, prune_count
+
+__all__ = ["PaddleEngine", "DeviceSource"]
+
+Block = Tuple[int, int]
+Tensors = Mapping[str, paddle.Tensor]
+
+_PASSES = ((20, 11), (10, 10), (0, 10))  # (shift, bits): the 31 key bits, high to low
+_INF_BUCKET = 0x7F800000 >> 20  # first-pass buckets from here on hold Inf / NaN keys
+_INF_KEY = 0x7F800000
+_ABS = {"int16": 0x7FFF, "int32": 0x7FFFFFFF}
+
+
+@dataclass
+class DeviceSource:
+    """The selection source of one tensor on its device: the weight (element scores, keys made on each pass) or
+    its block scores and the element count of each block."""
+
+    weight: paddle.Tensor
+    name: str
+    scores: Optional[paddle.Tensor] = None  # float32 (blocks down, blocks across)
+    counts: Optional[paddle.Tensor] = None  # int64, same shape: elements per block
+
+    @property
+    def total(self) -> int:
+        return int(np.prod(self.weight.shape, dtype=np.int64))
+
+    def keys(self) -> paddle.Tensor:
+        """Flat int32 keys (sign bit cleared): they order like the float32 scores, NaN above +Inf."""
+        return _keys32(self.scores if self.scores is not None else self.weight).reshape([-1])
+
+    def flat_counts(self) -> Optional[paddle.Tensor]:
+        return None if self.counts is None else self.counts.reshape([-1])
+
+
+def _const(ref: paddle.Tensor, value: int, dtype: str) -> paddle.Tensor:
+    """A 0-d tensor on ``ref``'s device (bitwise ops take no Python scalars)."""
+    return paddle.full_like(ref.reshape([-1])[:1], value, dtype=dtype).reshape([])
+
+
+def _keys32(x: paddle.Tensor) -> paddle.Tensor:
+    """int32 keys of float32(|x|): the float32 bit pattern with the sign cleared (exact for every float dtype the
+    core widens or rounds to float32: float16, bfloat16, float64)."""
+    f = x if x.dtype == paddle.float32 else x.astype("float32")
+    bits = paddle.view(f.contiguous() if hasattr(f, "contiguous") else f, "int32")
+    return paddle.bitwise_and(bits, _const(bits, 0x7FFFFFFF, "int32"))
+
+
+def _own_keys(x: paddle.Tensor) -> paddle.Tensor:
+    """|x| as signed integer keys in x's own width (N:M compares in the weight's dtype, like the core)."""
+    width = {paddle.float16: "int16", paddle.bfloat16: "int16", paddle.float32: "int32", paddle.float64: "int64"}
+    if x.dtype not in width:
+        raise TypeError(f"w must be a float16/bfloat16/float32/float64 tensor; got dtype {x.dtype}")
+    kind = width[x.dtype]
+    if kind == "int64":  # a 2**63 - 1 constant does not survive paddle.full; |x| clears the same bit exactly
+        return paddle.view(paddle.abs(x), kind)
+    bits = paddle.view(x, kind)
+    return paddle.bitwise_and(bits, _const(bits, _ABS[kind], kind))
+
+
+def _threshold_key(t: Any) -> int:
+    """The uint32 key of float32(t), as the core's ``_key``; a key >= 2**31 (t = -0.0) is above every score key."""
+    return int(np.array(np.float32(t), np.float32).view(np.uint32))
+
+
+def _shift(x: paddle.Tensor, s: int) -> paddle.Tensor:
+    return x if s == 0 else paddle.bitwise_right_shift(x, _const(x, s, "int32"))
+
+
+def _low_bits(x: paddle.Tensor, bits: int) -> paddle.Tensor:
+    return paddle.bitwise_and(x, _const(x, (1 << bits) - 1, "int32"))
+
+
+class PaddleEngine:
+    """The engine protocol of :mod:`paddleslim_static.core.engine` over ``paddle.Tensor`` weights and bool masks.
+
+    Every method runs Paddle operations on the tensors' own device; weights and masks are written in place.
+    Call it in dygraph mode (the static backend enters a dygraph guard around it).
+    """
+
+    name = "paddle"
+
+    # -- scores ------------------------------------------------------------------------------------
+    def score_sources(self, weights: Tensors, block: Block) -> Dict[str, DeviceSource]:
+        """Each weight's selection source: the weight, or its block scores (computed once per step)."""
+        out: Dict[str, DeviceSource] = {}
+        for name, w in weights.items():
+            if uses_blocks(tuple(w.shape), block):
+                scores, counts = _block_scores(w, block)
+                out[name] = DeviceSource(w, name, scores, counts)
+            else:
+                out[name] = DeviceSource(w, name)
+        return out
+
+    # -- selection ---------------------------------------------------------------------------------
+    def ratio_thresholds(
+        self, weights: Tensors, ratio: float, local: bool, block: Block, sources: Optional[Mapping] = None,
+        *, hint: Any = None, collectives: Any = None, prune_counts: Optional[Mapping[str, int]] = None,
+        stats: Optional[dict] = None,
+    ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
+        """(global threshold, per-parameter thresholds), as :func:`paddleslim_static.core.engine.ratio_thresholds`.
+
+        ``prune_counts`` (local mode): how many elements of each parameter to prune instead of round(ratio * n).
+        ``stats``: a dict that receives ``passes`` (histogram passes over the weights) and ``host_bytes``.
+        ``hint`` is accepted for the protocol and unused."""
+        sources = self.score_sources(weights, block) if sources is None else sources
+        srcs = [sources[n] for n in weights]
+        if local:
+            ks = [prune_count(s.total, ratio) if prune_counts is None else int(prune_counts[s.name]) for s in srcs]
+            keys = _select_each(srcs, ks, stats)
+            return None, {s.name: np.uint32(k).view(np.float32) for s, k in zip(srcs, keys)}
+        comm = SOLO if collectives is None else _group(collectives)
+        total = comm.sum([sum(s.total for s in srcs)])[0]
+        k = prune_count(total, ratio)
+        if k >= total:
+            return np.float32(np.inf), {}
+        return np.uint32(_select_global(srcs, k, total, comm, stats)).view(np.float32), {}
+
+    def summarize(self, weights: Tensors, ratio: float) -> float:
+        """|w| at sorted position max(0, ceil(ratio * N) - 1) over all given weights."""
+        srcs = [DeviceSource(w, n) for n, w in weights.items()]
+        n = sum(s.total for s in srcs)
+        if n == 0:
+            raise ValueError("summarize_weights: the model has no prunable weights")
+        k = max(0, math.ceil(ratio * n) - 1)
+        return float(np.uint32(_select_global(srcs, k, n, SOLO, None)).view(np.float32))
+
+    # -- masks -------------------------------------------------------------------------------------
+    def fill_masks(self, weights: Tensors, masks: Tensors, threshold: Optional[float],
+                   thresholds: Mapping[str, float], block: Block, apply: bool = False,
+                   sources: Optional[Mapping] = None) -> None:
+        """masks[n] = score(weights[n]) >= threshold (per-parameter ``thresholds`` win); ``apply``: zero the pruned
+        weights too."""
+        with paddle.no_grad():
+            for name, w in weights.items():
+                t_key = _threshold_key(thresholds.get(name, threshold))
+                src = None if sources is None else sources.get(name)
+                if uses_blocks(tuple(w.shape), block):
+                    scores = src.scores if src is not None and src.scores is not None else _block_scores(w, block)[0]
+                    keep = _expand_blocks(_at_least(_keys32(scores), t_key), tuple(w.shape), block)
+                else:
+                    keep = _at_least(_keys32(w), t_key)
+                paddle.assign(keep, output=masks[name])
+                if apply:
+                    _multiply_(w, keep)
+
+    def fill_nm(self, weights: Tensors, masks: Tensors, n: int, m: int, layouts: Mapping[str, Any]) -> None:
+        """masks[name] &= the N:M mask of weights[name] along ``layouts[name]``'s axis."""
+        with paddle.no_grad():
+            for name, w in weights.items():
+                keep = _nm_keep(w, n, m, layouts[name])
+                paddle.assign(paddle.logical_and(masks[name], keep), output=masks[name])
+
+    def apply_masks(self, weights: Tensors, masks: Tensors) -> None:
+        """weights[n] *= masks[n], in place on the device."""
+        with paddle.no_grad():
+            for name, w in weights.items():
+                _multiply_(w, masks[name])
+
+    def masks_from_nonzero(self, weights: Tensors, masks: Tensors) -> None:
+        """masks[n] = weights[n] != 0 (NaN != 0; a denormal is nonzero, which Paddle's CPU compare would miss)."""
+        with paddle.no_grad():
+            for name, w in weights.items():
+                paddle.assign(_nonzero(w), output=masks[name])
+
+    def masks_match_nonzero(self, weights: Tensors, masks: Tensors) -> Dict[str, bool]:
+        """Whether each mask equals ``weight != 0`` (one transfer of len(weights) bools)."""
+        flags = [paddle.all(paddle.equal(masks[n], _nonzero(w))).reshape([1])
+                 for n, w in weights.items()]
+        got = paddle.concat(flags).numpy() if flags else np.zeros(0, bool)
+        return {n: bool(v) for n, v in zip(weights, got)}
+
+    # -- checks ------------------------------------------------------------------------------------
+    def max_abs_over_f32(self, weights: Tensors, limit: float) -> Optional[Tuple[str, float]]:
+        """The first non-float32 weight whose max |w| exceeds ``limit`` and that max, or None (one transfer)."""
+        wide = [(n, w) for n, w in weights.items() if w.dtype == paddle.float64 and w.size]
+        if not wide:
+            return None
+        maxes = paddle.stack([paddle.max(paddle.abs(w)) for _, w in wide]).numpy()
+        return next(((n, float(v)) for (n, _), v in zip(wide, maxes) if float(v) > limit), None)
+
+    def first_nonfinite(self, weights: Tensors) -> Optional[str]:
+        """Name of the first weight holding NaN or Inf (error path only)."""
+        return next((n for n, w in weights.items() if not bool(paddle.isfinite(w).all())), None)
+
+    def to_host(self, x: paddle.Tensor) -> np.ndarray:
+        """A host copy (explicit: only error paths and checkpoints ask)."""
+        return x.numpy()
+
+
+def _nonzero(w: paddle.Tensor) -> paddle.Tensor:
+    """w != 0 by bits: only +-0 has an all-zero key."""
+    keys = _own_keys(w)
+    return paddle.not_equal(keys, paddle.zeros_like(keys))
+
+
+def _multiply_(w: paddle.Tensor, keep: paddle.Tensor) -> None:
+    """w *= keep in place, in w's dtype (x * 1 = x, x * 0 = signed zero or NaN: exact, so where Paddle has no
+    float16 multiply kernel (CPU) the product is taken in float32, as numpy's float16 multiply does)."""
+    if w.dtype == paddle.float16 and w.place.is_cpu_place():
+        paddle.assign((w.astype("float32") * keep.astype("float32")).astype("float16"), output=w)
+    else:
+        w.multiply_(keep.astype(w.dtype))
+
+
+# -- selection internals ---------------------------------------------------------------------------
+def _group(collectives: Any) -> Any:
+    from .core.distributed import Group
+
+    return Group(collectives)
+
+
+def _hist(src: DeviceSource, shift: int, bits: int, prefix: Optional[paddle.Tensor]) -> paddle.Tensor:
+    """Histogram (2**bits + 1 bins, the last for keys outside ``prefix``) of the ``bits`` key bits above ``shift``
+    of the keys whose higher bits equal ``prefix``; weighted by block sizes. int64 on the device."""
+    keys = src.keys()
+    idx = _low_bits(_shift(keys, shift), bits)
+    if prefix is not None:
+        inside = paddle.equal(_shift(keys, shift + bits), prefix.astype("int32"))
+        idx = paddle.where(inside, idx, paddle.full_like(idx, 1 << bits))
+    counts = src.flat_counts()
+    h = paddle.bincount(idx, weights=counts, minlength=(1 << bits) + 1)
+    return h if counts is None else h.astype("int64")  # weighted bincount sums in float64: exact below 2**53
+
+
+def _locate(hist: paddle.Tensor, r: paddle.Tensor, prefix: paddle.Tensor, bits: int):
+    """For each row: the bucket j holding the r-th key, r within it, and prefix * 2**bits + j (on the device)."""
+    cum = paddle.cumsum(hist[:, : 1 << bits], axis=1)
+    j = paddle.sum((cum <= r.unsqueeze(1)).astype("int64"), axis=1)
+    before = paddle.take_along_axis(cum, paddle.clip(j - 1, min=0).unsqueeze(1), axis=1).squeeze(1)
+    before = paddle.where(j > 0, before, paddle.zeros_like(before))
+    return r - before, prefix * (1 << bits) + j
+
+
+def _select_each(srcs: Sequence[DeviceSource], ks: Sequence[int], stats: Optional[dict]) -> List[int]:
+    """The ks[i]-th smallest key of each source on its own (local mode); +Inf's key where k >= its size."""
+    live = [i for i, (s, k) in enumerate(zip(srcs, ks)) if k < s.total]
+    out = [_INF_KEY] * len(srcs)
+    if not live:
+        return out
+    ref = srcs[live[0]].weight
+    r = paddle.concat([_const(ref, ks[i], "int64").reshape([1]) for i in live])  # built on the device
+    prefix = paddle.zeros_like(r)
+    bad = None
+    for p, (shift, bits) in enumerate(_PASSES):
+        rows = [_hist(srcs[i], shift, bits, None if p == 0 else prefix[j]) for j, i in enumerate(live)]
+        hist = paddle.stack(rows)
+        if p == 0:
+            bad = paddle.sum(hist[:, _INF_BUCKET: 1 << bits], axis=1)
+        r, prefix = _locate(hist, r, prefix, bits)
+    got = paddle.concat([prefix, bad]).numpy()  # the one transfer: the keys and the non-finite counts
+    _count(stats, len(_PASSES), got.nbytes)
+    for j, i in enumerate(live):
+        if got[len(live) + j]:
+            _raise_nonfinite([srcs[i]], srcs[i].total)
+        out[i] = int(got[j])
+    return out
+
+
+def _select_global(srcs: Sequence[DeviceSource], k: int, total: int, comm: Any, stats: Optional[dict]) -> int:
+    """The k-th smallest key over all sources (of all ranks with ``comm``)."""
+    srcs = [s for s in srcs if s.total]
+    if comm is SOLO:
+        r = _const(srcs[0].weight, k, "int64").reshape([1])
+        prefix = paddle.zeros_like(r)
+        bad = None
+        for p, (shift, bits) in enumerate(_PASSES):
+            hist = paddle.add_n([_hist(s, shift, bits, None if p == 0 else prefix[0]) for s in srcs]).unsqueeze(0)
+            if p == 0:
+                bad = paddle.sum(hist[:, _INF_BUCKET: 1 << bits], axis=1)
+            r, prefix = _locate(hist, r, prefix, bits)
+        got = paddle.concat([prefix, bad]).numpy()
+        _count(stats, len(_PASSES), got.nbytes)
+        if got[1]:
+            _raise_nonfinite(srcs, total)
+        return int(got[0])
+    # across ranks: each pass's histogram goes through the collectives (summed on the host, 2049 int64)
+    r_host, prefix_host, moved = k, 0, 0
+    for p, (shift, bits) in enumerate(_PASSES):
+        if srcs:
+            pre = None if p == 0 else _const(srcs[0].weight, prefix_host, "int64")
+            local = paddle.add_n([_hist(s, shift, bits, pre) for s in srcs]).numpy()
+        else:
+            local = np.zeros((1 << bits) + 1, np.int64)
+        moved += 2 * local.nbytes
+        hist = np.asarray(comm.sum(list(local[: 1 << bits])), np.int64)
+        if p == 0:
+            bad_here = bool(local[_INF_BUCKET: 1 << bits].any())
+            if hist[_INF_BUCKET:].any():
+                comm.check(_nonfinite_of(srcs, total) if bad_here else None)
+        cum = np.cumsum(hist)
+        j = int(np.count_nonzero(cum <= r_host))
+        r_host -= int(cum[j - 1]) if j else 0
+        prefix_host = (prefix_host << bits) | j
+    _count(stats, len(_PASSES), moved)
+    return prefix_host
+
+
+def _nonfinite_of(srcs: Sequence[DeviceSource], total: int) -> Tuple[int, str]:
+    """(max key, name) as the core reports a NaN/Inf: a small selection (all keys at once) gives the max over all
+    keys and no name; a streamed one the first source holding one and that source's max (the core's max is per
+    chunk: they differ only for a source with an Inf before a NaN more than a chunk apart). Error path only."""
+    maxes = [int(paddle.max(s.keys()).numpy()) for s in srcs]
+    if total <= DIRECT_MAX:
+        return max(maxes), ""
+    return next((mx, s.name) for s, mx in zip(srcs, maxes) if mx >= _INF_KEY)
+
+
+def _raise_nonfinite(srcs: Sequence[DeviceSource], total: int) -> None:
+    _check_finite(*_nonfinite_of(srcs, total))
+
+
+def _count(stats: Optional[dict], passes: int, nbytes: int) -> None:
+    if stats is not None:
+        stats["passes"] = stats.get("passes", 0) + passes
+        stats["host_bytes"] = stats.get("host_bytes", 0) + int(nbytes)
+
+
+# -- blocks ----------------------------------------------------------------------------------------
+def _block_scores(w: paddle.Tensor, block: Block) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """(float32 mean |w| per block, int64 elements per block), summed as the core sums: float64, a block's rows in
+    row order, then its columns left to right. Zero padding to whole blocks adds exact zeros."""
+    rows, D, m, L = _geometry(tuple(w.shape), block)
+    nbi, nbj = -(-rows // m), -(-D // L)
+    a = w.astype("float32").abs().astype("float64").reshape([rows, D])
+    if nbi * m != rows or nbj * L != D:
+        a = _pad2(a, nbi * m, nbj * L)
+    a = a.reshape([nbi, m, nbj * L])
+    acc = a[:, 0, :]
+    for r in range(1, m):
+        acc = acc + a[:, r, :]
+    acc = acc.reshape([nbi, nbj, L])
+    s = acc[:, :, 0]
+    for c in range(1, L):
+        s = s + acc[:, :, c]
+    row_n = paddle.full_like(s[:, :1], m, dtype="int64")
+    col_n = paddle.full_like(s[:1, :], L, dtype="int64")
+    if rows % m:
+        row_n[-1] = rows % m
+    if D % L:
+        col_n[:, -1] = D % L
+    counts = row_n * col_n
+    return (s / counts.astype("float64")).astype("float32"), counts
+
+
+def _pad2(a: paddle.Tensor, rows: int, cols: int) -> paddle.Tensor:
+    """a zero-padded at the bottom and right to rows x cols."""
+    return paddle.nn.functional.pad(a, [0, rows - a.shape[0], 0, cols - a.shape[1]], value=0.0)
+
+
+def _at_least(keys: paddle.Tensor, t_key: int) -> paddle.Tensor:
+    """keys >= t_key as the core compares (uint32): a key of 2**31 or more (t = -0.0) keeps nothing."""
+    if t_key > 0x7FFFFFFF:
+        return paddle.zeros_like(keys, dtype="bool")
+    return paddle.greater_equal(keys, _const(keys, t_key, "int32"))
+
+
+def _expand_blocks(keep: paddle.Tensor, shape: Tuple[int, ...], block: Block) -> paddle.Tensor:
+    """A per-block bool mask broadcast to the element shape (rows x D, each block m rows x L elements)."""
+    rows, D, m, L = _geometry(shape, block)
+    nbi, nbj = keep.shape
+    full = keep.reshape([nbi, 1, nbj, 1]).expand([nbi, m, nbj, L]).reshape([nbi * m, nbj * L])
+    return full[:rows, :D].reshape(list(shape))
+
+
+# -- N:M ---------------------------------------------------------------------------------------------
+def _nm_keep(w: paddle.Tensor, n: int, m: int, layout: Any) -> paddle.Tensor:
+    """Keep the n largest keys of every m consecutive weights along the layout's axis; earlier wins a tie; a tail
+    group of r < m keeps min(n, r)."""
+    shape = tuple(w.shape)
+    axis = reduction_axis(layout, shape)
+    pre = int(np.prod(shape[:axis], dtype=np.int64))
+    length = shape[axis]
+    post = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    keys = _own_keys(w).reshape([pre, length, post])
+    full = length - length % m
+    parts = []
+    if full:
+        parts.append(_rank_keep(keys[:, :full, :].reshape([pre, full // m, m, post]), n).reshape([pre, full, post]))
+    if full < length:
+        r = length - full
+        tail = keys[:, full:, :].reshape([pre, 1, r, post])
+        parts.append(paddle.ones_like(tail, dtype="bool").reshape([pre, r, post]) if n >= r
+                     else _rank_keep(tail, n).reshape([pre, r, post]))
+    keep = parts[0] if len(parts) == 1 else paddle.concat(parts, axis=1)
+    return keep.reshape(list(shape))
+
+
+def _rank_keep(keys: paddle.Tensor, n: int) -> paddle.Tensor:
+    """keys (P, G, M, Q): rank_i = #{j: k_j > k_i} + #{j < i: k_j == k_i}; keep rank < n."""
+    m = keys.shape[2]
+    idx = paddle.arange(m, dtype="int32").reshape([1, 1, m, 1])
+    rank = paddle.zeros_like(keys, dtype="int32")
+    for j in range(m):
+        kj = keys[:, :, j:j + 1, :]
+        beats = paddle.logical_or(paddle.greater_than(kj, keys),
+                                  paddle.logical_and(paddle.equal(kj, keys), idx > j))
+        rank = rank + beats.astype("int32")
+    return rank < n
