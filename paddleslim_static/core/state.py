@@ -99,8 +99,7 @@ def _schedule_record(schedule: GMPSchedule) -> Dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     """A Tensor / numpy array of one element -> that element (paddle.load gives arrays as Tensors)."""
-    if hasattr(value, "numpy") and callable(value.numpy):
-        value = value.numpy()
+    value = _as_numpy(value)
     if isinstance(value, np.ndarray):
         return value.reshape(()).item() if value.size == 1 else value
     if isinstance(value, np.generic):
@@ -122,9 +121,17 @@ def _int(key: str, value: Any) -> int:
     return int(v)
 
 
-def _array(key: str, value: Any) -> np.ndarray:
+def _as_numpy(value: Any) -> Any:
+    """Tensors (``paddle.load`` gives arrays back as Tensors; in static mode as DenseTensors) -> numpy arrays."""
     if hasattr(value, "numpy") and callable(value.numpy):
-        value = value.numpy()
+        return value.numpy()
+    if hasattr(value, "__array__") and not isinstance(value, (np.ndarray, np.generic)):
+        return np.asarray(value)
+    return value
+
+
+def _array(key: str, value: Any) -> np.ndarray:
+    value = _as_numpy(value)
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{key} must be a packed mask (uint8 array); got {type(value).__name__}")
     return value
