@@ -63,6 +63,8 @@ class UnstructuredPruner(Pruner):
         *,
         sparse_pattern: Optional[str] = None,
         collectives: Any = None,
+        sparsity_allocation: Optional[str] = None,
+        min_density: float = 0.0,
     ) -> None:
         self.model = check_model(model)
         self._layers = LayerBackend(self.model)
@@ -70,6 +72,7 @@ class UnstructuredPruner(Pruner):
             self._layers, mode=mode, ratio=ratio, threshold=threshold,
             prune_params_type=prune_params_type, skip_params_func=skip_params_func, local_sparsity=local_sparsity,
             sparse_block=sparse_block, sparse_pattern=sparse_pattern, collectives=collectives,
+            sparsity_allocation=sparsity_allocation, min_density=min_density,
         )
 
     def param_ids(self) -> Set[int]:
@@ -140,6 +143,8 @@ class GMPUnstructuredPruner(UnstructuredPruner):
         *,
         sparse_pattern: Optional[str] = None,
         collectives: Any = None,
+        sparsity_allocation: Optional[str] = None,
+        min_density: float = 0.0,
     ) -> None:
         schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the model is touched
         self.model = check_model(model)
@@ -148,6 +153,7 @@ class GMPUnstructuredPruner(UnstructuredPruner):
             self, self._layers, mode="ratio", ratio=ratio, prune_params_type=prune_params_type,
             skip_params_func=skip_params_func, local_sparsity=local_sparsity, sparse_block=sparse_block,
             schedule=schedule, sparse_pattern=sparse_pattern, collectives=collectives,
+            sparsity_allocation=sparsity_allocation, min_density=min_density,
         )
 
 

@@ -47,6 +47,12 @@ def threshold_var_name(param_name: str) -> str:
     return param_name + "_threshold"
 
 
+def _per_layer(local_sparsity: Any, sparsity_allocation: Any) -> bool:
+    """Whether the pruner keeps one threshold per parameter (and so one scope variable each)."""
+    per_layer = isinstance(sparsity_allocation, str) and sparsity_allocation in ("uniform", "erk")
+    return local_sparsity is True or per_layer
+
+
 def _scope(scope: Any) -> Any:
     return paddle.static.global_scope() if scope is None else scope
 
@@ -261,12 +267,16 @@ class UnstructuredPruner(Pruner):
         packed_masks: bool = True,
         sparse_pattern: Optional[str] = None,
         collectives: Any = None,
+        sparsity_allocation: Optional[str] = None,
+        min_density: float = 0.0,
     ) -> None:
         super().__init__(
-            self._bind(program, startup_program, scope, place, local_sparsity, packed_masks), mode=mode, ratio=ratio,
+            self._bind(program, startup_program, scope, place, _per_layer(local_sparsity, sparsity_allocation),
+                       packed_masks), mode=mode, ratio=ratio,
             threshold=threshold, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
             local_sparsity=local_sparsity, sparse_block=sparse_block, sparse_pattern=sparse_pattern,
             collectives=collectives,
+            sparsity_allocation=sparsity_allocation, min_density=min_density,
         )
 
     def _bind(self, program: Any, startup_program: Any, scope: Any, place: Any, local: Any,
@@ -342,11 +352,15 @@ class GMPUnstructuredPruner(UnstructuredPruner):
         packed_masks: bool = True,
         sparse_pattern: Optional[str] = None,
         collectives: Any = None,
+        sparsity_allocation: Optional[str] = None,
+        min_density: float = 0.0,
     ) -> None:
         schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the program is touched
         Pruner.__init__(
-            self, self._bind(program, startup_program, scope, place, local_sparsity, packed_masks), mode="ratio",
+            self, self._bind(program, startup_program, scope, place, _per_layer(local_sparsity, sparsity_allocation),
+                       packed_masks), mode="ratio",
             ratio=ratio, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
             local_sparsity=local_sparsity, sparse_block=sparse_block, schedule=schedule, sparse_pattern=sparse_pattern,
             collectives=collectives,
+            sparsity_allocation=sparsity_allocation, min_density=min_density,
         )

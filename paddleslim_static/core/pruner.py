@@ -29,13 +29,13 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from . import engine
+from . import allocation, engine
 from .backend import ArrayBackend, Arrays, Backend
 from .nm import CONV, LINEAR, fill_nm_mask, nm_skip_reason, parse_pattern
 from .packing import pack_mask
 from .params import resolve_prunable
 from .schedule import GMPSchedule
-from .selection import NonFiniteScoreError
+from .selection import NonFiniteScoreError, prune_count
 from .state import STATE_VERSION, Config, check_fingerprints, fingerprints, parse_state, restored_masks
 from .validation import (
     check_bool, check_mode, check_prune_params_type, check_ratio, check_sparse_block, check_threshold,
@@ -69,6 +69,8 @@ class Pruner:
         schedule: Optional[GMPSchedule] = None,
         sparse_pattern: Optional[str] = None,
         collectives: Any = None,
+        sparsity_allocation: Optional[str] = None,
+        min_density: float = 0.0,
     ) -> None:
         mode = check_mode(mode)
         ratio = check_ratio(ratio)
@@ -78,6 +80,17 @@ class Pruner:
         prune_params_type = check_prune_params_type(prune_params_type)
         if local_sparsity and mode != "ratio":
             raise ValueError("local_sparsity=True needs mode='ratio'; got mode='threshold'")
+        method = "global" if sparsity_allocation is None else allocation.check_allocation(sparsity_allocation)
+        min_density = allocation.check_min_density(min_density)
+        if local_sparsity and sparsity_allocation is not None:
+            raise ValueError(f"local_sparsity=True and sparsity_allocation={sparsity_allocation!r} cannot be combined: "
+                             "local_sparsity is the seed's per-layer ratio; pass one of them")
+        if mode != "ratio" and (sparsity_allocation is not None or min_density):
+            raise ValueError(f"sparsity_allocation={sparsity_allocation!r} and min_density={min_density!r} need "
+                             "mode='ratio'; got mode='threshold'")
+        if collectives is not None and method != "global":
+            raise ValueError(f"sparsity_allocation={method!r} needs every layer's shape and is not supported with "
+                             "collectives yet; use 'global' (the default) or local_sparsity=True")
         if skip_params_func is not None and not callable(skip_params_func):
             raise TypeError(f"skip_params_func must be callable or None; got {skip_params_func!r}")
         if schedule is not None and (mode != "ratio" or not isinstance(schedule, GMPSchedule)):
@@ -107,12 +120,21 @@ class Pruner:
                 f"(prune_params_type={prune_params_type!r}, skip_params_func={skip_params_func!r})"
             )
         names = [p.name for p in prunable]
+        shapes = {p.name: tuple(int(d) for d in p.shape) for p in prunable}
+        if mode == "ratio" and collectives is None:  # with collectives the floors are checked over all ranks
+            allocation.check_feasible(names, [int(np.prod(shapes[n], dtype=np.int64)) for n in names],
+                                      schedule.target if schedule is not None else ratio, min_density)
         backend.check_attach(names, self)
         # every attribute exists before the backend is asked to change anything
         self._backend = backend
         self._prunable: List[str] = names
         self.mode = mode
         self.local_sparsity = local_sparsity
+        self.sparsity_allocation = "uniform" if local_sparsity else method
+        self.min_density = min_density
+        self.protected_params: List[str] = []  # layers the last ratio selection kept at their floor
+        self._pending_protected: List[str] = []
+        self._shapes = shapes
         self.sparse_block: Tuple[int, int] = block
         self.sparse_pattern: Optional[Tuple[int, int]] = pattern
         self._collectives = collectives
@@ -317,17 +339,61 @@ class Pruner:
                 raise ValueError(f"weights of {n!r} exceed the float32 range (max |w| = {float(np.max(np.abs(w)))!r}); "
                                  "scores are compared in float32")
         try:
-            g, per = engine.ratio_thresholds(weights, ratio, self.local_sparsity, self.sparse_block, sources,
-                                             collectives=self._collectives)
+            g, per = self._allocate(weights, ratio, sources)
         except NonFiniteScoreError as exc:
             bad = next((n for n, w in weights.items() if not np.isfinite(w).all()), None)
             if bad is not None and repr(bad) not in str(exc):
                 raise NonFiniteScoreError(f"weights of {bad!r} contain NaN or Inf; ratio mode cannot place a "
                                           "threshold among non-finite values") from exc
             raise
-        if g is None:
-            return self.threshold, {n: float(t) for n, t in per.items()}
-        return float(g), {}
+        return (self.threshold if g is None else float(g)), {n: float(t) for n, t in per.items()}
+
+    def _allocate(self, weights: Arrays, ratio: float, sources: Optional[engine.Sources]
+                  ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
+        """Thresholds of the sparsity allocation (:mod:`.allocation`), no layer below its floor: per-layer prune
+        counts for uniform / ERK / local_sparsity; for global, the global threshold, with the layers it would take
+        below their floor pinned at their floor (their own thresholds) and the threshold re-chosen over the rest."""
+        names = list(weights)
+        sizes = {n: int(np.prod(self._shapes[n], dtype=np.int64)) for n in names}
+        lows = dict(zip(names, allocation.floors([sizes[n] for n in names], self.min_density)))
+        block, comm = self.sparse_block, self._collectives
+        if self.local_sparsity or self.sparsity_allocation != "global":
+            if self.local_sparsity:  # the seed's rule, each layer on its own, lifted to its floor
+                counts = {n: min(prune_count(sizes[n], ratio), sizes[n] - lows[n]) for n in names}
+            else:
+                counts = dict(zip(names, allocation.prune_counts([self._shapes[n] for n in names], ratio,
+                                                                 self.sparsity_allocation, self.min_density)))
+            self._note_protected([n for n in names if counts[n] != prune_count(sizes[n], ratio)]
+                                 if self.local_sparsity else [])
+            return engine.ratio_thresholds(weights, ratio, True, block, sources, prune_counts=counts)
+        reduce = None if comm is None else (lambda v: [int(x) for x in comm.allreduce_sum(np.asarray(v, np.int64))])
+        total = sum(sizes.values()) if reduce is None else reduce([sum(sizes.values())])[0]
+        k_total = prune_count(total, ratio)
+        if total - k_total < (sum(lows.values()) if reduce is None else reduce([sum(lows.values())])[0]):
+            allocation.check_feasible(names, list(sizes.values()), ratio, self.min_density)  # raises (one rank)
+            raise ValueError(f"min_density={self.min_density!r} keeps more weights (over all ranks) than "
+                             f"ratio={ratio!r} leaves; lower min_density or the ratio")
+        g, _ = engine.ratio_thresholds(weights, ratio, False, block, sources, collectives=comm)
+        _, floor_scores = engine.ratio_thresholds(weights, ratio, True, block, sources,
+                                                  prune_counts={n: sizes[n] - lows[n] for n in names})
+        if (reduce or (lambda v: v))([sum(1 for n in names if floor_scores[n] < g)])[0] == 0:
+            self._note_protected([])
+            return g, {}
+
+        def select(free: List[str], k: int) -> float:
+            n_free = sum(sizes[n] for n in free)
+            n_free = n_free if reduce is None else reduce([n_free])[0]
+            sub = {n: weights[n] for n in free}
+            src = None if sources is None else {n: sources[n] for n in free}
+            return engine.ratio_thresholds(sub, k / n_free, False, block, src, collectives=comm)[0]
+
+        g, pinned = allocation.protect_global(sizes, lows, floor_scores, k_total, select, reduce)
+        self._note_protected(pinned)
+        return g, {n: floor_scores[n] for n in pinned}
+
+    def _note_protected(self, names: List[str]) -> None:
+        """Remember the layers this selection kept at their floor (in force once the step commits)."""
+        self._pending_protected = list(names)
 
     def _fill(self, weights: Arrays, masks: Arrays, threshold: float, thresholds: Mapping[str, float], apply: bool,
               sources: Optional[engine.Sources] = None) -> None:
@@ -344,6 +410,12 @@ class Pruner:
             engine.apply_masks(weights, masks)
 
     def _commit(self, ratio: float, threshold: float, thresholds: Mapping[str, float]) -> None:
+        names = self._pending_protected
+        if names and names != self.protected_params:
+            _log.warning("sparsity_allocation=%r at ratio %.4g would leave %d layer(s) below their floor of "
+                         "max(1, ceil(min_density * n)) kept weights; kept at the floor: %s",
+                         self.sparsity_allocation, ratio, len(names), names[:10])
+        self.protected_params = list(names)
         self.ratio = ratio
         self.threshold = float(threshold)
         self.thresholds = dict(thresholds)
