@@ -178,31 +178,37 @@ def prune_counts(shapes: Sequence[Sequence[int]], ratio: float, method: str, min
 def protect_global(
     sizes: Mapping[str, int],
     lows: Mapping[str, int],
+    floor_scores: Mapping[str, float],
     k_total: int,
-    kept_under_global: Callable[[List[str], int], Mapping[str, int]],
+    select: Callable[[List[str], int], float],
     reduce_sum: Optional[Callable[[List[int]], List[int]]] = None,
-) -> Tuple[Dict[str, int], List[str], int]:
-    """Global magnitude selection with floors: ``(pinned prune counts, free layers, prune count of the free
-    layers)``.
+) -> Tuple[float, List[str]]:
+    """Global magnitude selection with floors: ``(threshold of the free layers, pinned layers)``.
 
-    ``kept_under_global(free, k)`` returns, for every layer in ``free``, how many weights it keeps when one
-    threshold prunes ``k`` weights over ``free``. A layer that would keep fewer than its floor is *pinned*: it
-    prunes ``n - floor`` (its own ``n - floor`` smallest scores) and the global threshold is chosen again over
-    the other layers for the rest of the count, until no free layer falls below its floor. Pinning only raises
-    the threshold of the others, so the pinned set grows monotonically and the loop ends after at most one round
-    per layer. With no layer under its floor the result is the plain global selection.
+    ``floor_scores[n]``: the score at which a layer keeps its ``lows[n]`` largest weights (its own threshold when
+    it prunes ``sizes[n] - lows[n]``); ``select(free, k)``: the one threshold that prunes ``k`` weights over the
+    layers ``free``. Under a threshold ``t`` a layer keeps fewer than its floor exactly when
+    ``floor_scores[n] < t``; such a layer is *pinned* (its threshold becomes ``floor_scores[n]``: it keeps its
+    floor) and the threshold is chosen again over the other layers for the rest of ``k_total``, until no free
+    layer falls below its floor. Pinning only raises the others' threshold, so the pinned set only grows: at most
+    one round per layer. Without a layer under its floor this is the plain global selection.
 
-    ``reduce_sum``: sums a list of ints over processes when the layers are split across ranks (every rank runs
-    the same number of rounds).
+    ``reduce_sum`` sums a list of ints over processes when the layers are split across ranks (``k_total`` is then
+    the count over all ranks, and every rank runs the same rounds).
+
+    >>> scores = {"a": [1, 2, 3, 4], "b": [5, 6, 7, 8]}
+    >>> def select(free, k):  # brute force: the k-th smallest score over the free layers
+    ...     return sorted(v for n in free for v in scores[n])[k]
+    >>> protect_global({"a": 4, "b": 4}, {"a": 1, "b": 1}, {"a": 4, "b": 8}, 5, select)  # 'a' would keep none
+    (7, ['a'])
     """
-    total_sum = reduce_sum or (lambda v: v)
-    pinned: Dict[str, int] = {}
+    reduce = reduce_sum or (lambda v: v)
+    pinned: List[str] = []
     while True:
         free = [n for n in sizes if n not in pinned]
-        k_free = k_total - total_sum([sum(pinned.values())])[0]
-        kept = kept_under_global(free, k_free)
-        low = [n for n in free if kept[n] < lows[n]]
-        if total_sum([len(low)])[0] == 0:
-            return pinned, free, k_free
-        for n in low:
-            pinned[n] = sizes[n] - lows[n]
+        k_free = k_total - reduce([sum(sizes[n] - lows[n] for n in pinned)])[0]
+        t = select(free, k_free)
+        low = [n for n in free if floor_scores[n] < t]
+        if reduce([len(low)])[0] == 0:
+            return t, pinned
+        pinned += low
