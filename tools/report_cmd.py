@@ -11,7 +11,6 @@ Exit codes: 0 done, 2 bad input (one line on stderr, nothing written).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -56,13 +55,9 @@ def load_model(spec: str, kwargs: Optional[Dict[str, Any]] = None, checkpoint: O
 
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(f"--model must be module:callable (e.g. paddleslim_tools.demo:digits_cnn); got {spec!r}")
-    mod_name, _, attr = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"--model {spec!r}: {e}") from None
+    from .export.loading import resolve_callable  # the export's loader: imports from the current directory too
+
+    obj = resolve_callable(spec)
     try:
         net = obj(**(kwargs or {}))
     except Exception as e:

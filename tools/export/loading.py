@@ -1,8 +1,10 @@
 """Loading what gets exported: checkpoints (with pruner masks folded in), network builders, saved inference models."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -15,8 +17,8 @@ from paddleslim_static.programs import static_mode
 from .errors import ExportError, one_line
 from .specs import np_dtype
 
-__all__ = ["load_checkpoint", "fold_checkpoint_masks", "resolve_callable", "build_network", "model_files",
-           "SavedModel"]
+__all__ = ["load_checkpoint", "fold_checkpoint_masks", "import_from_cwd", "resolve_callable", "build_network",
+           "model_files", "SavedModel"]
 
 
 def load_checkpoint(path: Union[str, "os.PathLike[str]"]) -> Dict[str, np.ndarray]:
@@ -64,15 +66,37 @@ def fold_checkpoint_masks(state: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.nd
     return out, folded
 
 
+def import_from_cwd(mod_name: str) -> Any:
+    """``importlib.import_module(mod_name)`` with the current directory searched first, as ``python -m`` does
+    (a console script's ``sys.path`` starts with its own bin directory, not the current one)."""
+    cwd = os.getcwd()
+    added = cwd not in [os.path.abspath(p or os.curdir) for p in sys.path]
+    if added:
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+    try:
+        return importlib.import_module(mod_name)
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(cwd)
+
+
 def resolve_callable(spec: Union[str, Callable[..., Any]]) -> Callable[..., Any]:
-    """A callable, or ``'module:attr'`` imported (e.g. ``paddle.vision.models:LeNet``)."""
+    """A callable, or ``'module:attr'`` imported (e.g. ``paddle.vision.models:LeNet``, ``mymodule:MyNet`` from
+    ``mymodule.py`` in the current directory)."""
     if callable(spec):
         return spec
     if not isinstance(spec, str) or ":" not in spec:
         raise ExportError(f"model must be 'module:callable' (e.g. paddle.vision.models:mobilenet_v1); got {spec!r}")
     mod_name, _, attr = spec.partition(":")
     try:
-        obj: Any = importlib.import_module(mod_name)
+        obj: Any = import_from_cwd(mod_name)
+    except ModuleNotFoundError as e:
+        top = mod_name.split(".")[0]
+        where = (f"no {top}.py or {top}/ package in the current directory ({os.getcwd()}) nor on sys.path"
+                 if e.name == top else one_line(e))
+        raise ExportError(f"model {spec!r}: cannot import module {mod_name!r}: {where}") from None
     except Exception as e:
         raise ExportError(f"model {spec!r}: cannot import module {mod_name!r}: {one_line(e)}") from None
     for part in attr.split("."):
