@@ -5,9 +5,12 @@
 so does the pruner - and ``pruner.update_params()`` before evaluation, prediction and every checkpoint save.
 
 A GMP pruner's iteration is the **global optimizer-step count** (0-based): the i-th optimizer step of the whole
-training, across ``fit`` calls, runs the schedule at iteration i. Reuse the callback for a second ``fit`` in the
-same process and it continues; in a new process, give ``global_step`` = the optimizer steps already taken (see
-:meth:`PruningCallback.steps_per_epoch`) and the schedule continues exactly where it stopped.
+training, across ``fit`` calls, runs the schedule at iteration i. The callback never moves a pruner back: by default
+it continues from the pruner's own iteration (a pruner restored with ``set_state_dict`` or built with
+``resume_iteration`` goes on from there); reuse the callback for a second ``fit`` and it continues; without a pruner
+state, give ``global_step`` = the optimizer steps already taken (see :meth:`PruningCallback.steps_per_epoch`) and the
+schedule continues exactly where it stopped. A finalized pruner, or a ``global_step`` behind the pruner's iteration,
+is refused before training starts.
 
 >>> import numpy as np, paddle
 >>> from paddleslim_dygraph import GMPUnstructuredPruner
@@ -46,25 +49,30 @@ class PruningCallback(paddle.callbacks.Callback):
     Args:
         pruner: a :class:`paddleslim_dygraph.UnstructuredPruner` or ``GMPUnstructuredPruner`` built on the
             network of the ``paddle.Model`` (``paddle.Model(net)`` -> prune ``net``), or on one of its sublayers.
-        global_step: optimizer steps already taken before the first ``fit`` this callback sees (resume). A GMP
-            pruner is moved to that iteration (``pruner.seek``) before its first step if it is not there yet.
+        global_step: optimizer steps already taken before the first ``fit`` this callback sees (resume without a
+            pruner state). Default: the pruner's own iteration when training starts (0 for a fresh pruner). A GMP
+            pruner behind it is moved forward (``pruner.seek``) before its first step; one ahead of it is refused
+            (``ValueError``), never rewound.
 
     Under AMP (``prepare(amp_configs=...)``) a step the GradScaler skips because of inf/NaN gradients still counts
     as an optimizer step (hapi issues it; the weights simply do not move), so the count stays a function of the
     batch index and resuming needs no bookkeeping beyond ``global_step``.
     """
 
-    def __init__(self, pruner: UnstructuredPruner, global_step: int = 0) -> None:
+    def __init__(self, pruner: UnstructuredPruner, global_step: Optional[int] = None) -> None:
         super().__init__()
         if not isinstance(pruner, UnstructuredPruner):
             raise TypeError(
                 f"pruner must be a paddleslim_dygraph UnstructuredPruner or GMPUnstructuredPruner; "
                 f"got {type(pruner).__name__}"
             )
-        if isinstance(global_step, bool) or not isinstance(global_step, Integral) or global_step < 0:
-            raise ValueError(f"global_step must be an int >= 0; got {global_step!r}")
+        if global_step is not None and (isinstance(global_step, bool) or not isinstance(global_step, Integral)
+                                        or global_step < 0):
+            raise ValueError(f"global_step must be None or an int >= 0; got {global_step!r}")
         self.pruner = pruner
-        self.global_step = int(global_step)
+        self._check_pruner(None if global_step is None else int(global_step))
+        self._explicit = global_step is not None
+        self.global_step = int(global_step) if global_step is not None else max(0, pruner.cur_iteration)
         self._batches: Optional[int] = None  # length of the training loader, None: unknown (k must be 1)
         self._accumulate = 1
 
@@ -82,6 +90,9 @@ class PruningCallback(paddle.callbacks.Callback):
 
     # -- training --------------------------------------------------------------------------------------------------
     def on_train_begin(self, logs: Any = None) -> None:
+        if not self._explicit:  # continue from the pruner's own iteration (e.g. set_state_dict after construction)
+            self.global_step = max(self.global_step, self.pruner.cur_iteration)
+        self._check_pruner(self.global_step)
         self._check_network()
         k = getattr(self.model, "_accumulate", 1)
         self._accumulate = int(k) if isinstance(k, Integral) and k >= 1 else 1
@@ -121,6 +132,7 @@ class PruningCallback(paddle.callbacks.Callback):
         """A GMP pruner runs its next step at iteration ``global_step`` (resume, or a pruner built with a
         different resume_iteration)."""
         if self.pruner.schedule is not None and self.pruner.cur_iteration != self.global_step:
+            self._check_pruner(self.global_step)  # stepped behind the callback's back: refuse, never rewind
             _log.info("GMP pruner moved from iteration %d to the global step %d",
                       self.pruner.cur_iteration, self.global_step)
             self.pruner.seek(self.global_step)
@@ -137,6 +149,17 @@ class PruningCallback(paddle.callbacks.Callback):
 
     def on_predict_begin(self, logs: Any = None) -> None:
         self.pruner.update_params()
+
+    def _check_pruner(self, global_step: Optional[int]) -> None:
+        """Refuse a finalized pruner and a GMP schedule position the callback would have to move back."""
+        if self.pruner.finalized:
+            raise ValueError("pruner was finalize()d: its masks are gone and it cannot step; build a new pruner "
+                             "for the callback")
+        it = self.pruner.cur_iteration
+        if global_step is not None and self.pruner.schedule is not None and it > global_step:
+            raise ValueError(
+                f"global_step={global_step} is behind the GMP pruner's iteration {it}: the callback never rewinds "
+                f"a pruner; omit global_step to continue from iteration {it}, or pass global_step >= {it}")
 
     def _check_network(self) -> None:
         network = getattr(self.model, "network", None)
