@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import paddle
 
 from paddleslim_static.core import density as _density
+from paddleslim_static.core.naming import NameKeyed
 from paddleslim_static.core.params import is_conv1x1
 from paddleslim_static.core.pruner import Pruner
 from paddleslim_static.core.schedule import GMPSchedule
@@ -45,7 +46,8 @@ class UnstructuredPruner(Pruner):
     True
 
     Masks are bool buffers named ``<attr>_mask`` on the layer owning each parameter (``pruner.masks`` maps parameter
-    names to them). They are not persistable: ``model.state_dict()`` holds the pruned weights (their zeros carry the
+    names to them; ``pruner.masks``, ``pruner.thresholds`` and ``sparse_by_layer`` also take the structured name,
+    ``pruner.masks["features.3.weight"]``). They are not persistable: ``model.state_dict()`` holds the pruned weights (their zeros carry the
     masks) and ``pruner.state_dict()`` the rest. A forward pass re-applies the masks when a backward pass ran since
     they were last applied, so a weight revived by the optimizer is never used; other forwards cost nothing.
     """
@@ -79,10 +81,27 @@ class UnstructuredPruner(Pruner):
         """``id()`` of every parameter tensor this pruner masks."""
         return self._layers.param_ids()
 
+    def _keyed(self, values: Dict[str, Any]) -> NameKeyed:
+        """``values`` by parameter name, looked up by structured name too (``features.3.weight``)."""
+        aliases = self.__dict__.get("_aliases")
+        if aliases is None:  # once: the core reads thresholds at every step
+            aliases = self.__dict__["_aliases"] = {k: p.name for k, p in self.model.named_parameters()}
+        return NameKeyed(values, aliases)
+
     @property
     def masks(self) -> Dict[str, paddle.Tensor]:
-        """Parameter name -> bool mask tensor (a buffer of the owning layer)."""
-        return self._layers.mask_tensors()
+        """Parameter name -> bool mask tensor (a buffer of the owning layer); structured names work as keys too."""
+        return self._keyed(self._layers.mask_tensors())
+
+    @property
+    def thresholds(self) -> Dict[str, float]:
+        """Per-parameter thresholds (``local_sparsity``, ``min_density`` floors): parameter name -> threshold;
+        structured names work as keys too."""
+        return self._keyed(self.__dict__.get("_thresholds", {}))
+
+    @thresholds.setter
+    def thresholds(self, value: Dict[str, float]) -> None:
+        self.__dict__["_thresholds"] = dict(value)
 
     def folded(self) -> "contextlib.AbstractContextManager[None]":
         """Inside the block the masks are applied and detached (no hook, no mask buffers): the model is a plain
@@ -115,8 +134,12 @@ class UnstructuredPruner(Pruner):
 
     @staticmethod
     def sparse_by_layer(model: paddle.nn.Layer) -> Dict[str, float]:
-        """Parameter name -> density."""
-        return {p.name: _density([host_array(p)[0]]) for _, _, p in owned_params(check_model(model))}
+        """Parameter name -> density; structured names (``features.3.weight``) work as keys too."""
+        model = check_model(model)
+        structured = {id(p): k for k, p in model.named_parameters()}
+        owned = [p for _, _, p in owned_params(model)]
+        return NameKeyed({p.name: _density([host_array(p)[0]]) for p in owned},
+                         {structured[id(p)]: p.name for p in owned if id(p) in structured})
 
 
 class GMPUnstructuredPruner(UnstructuredPruner):
