@@ -24,7 +24,8 @@ from paddleslim_static.core import engine
 from paddleslim_static.core.naming import mask_name
 from paddleslim_static.core.params import ParamInfo
 
-__all__ = ["LayerBackend", "check_model", "host_array", "owned_params", "live_pruners", "NORM_LAYER_NAMES"]
+__all__ = ["LayerBackend", "check_model", "host_array", "owned_params", "live_pruners", "folded_pruners",
+           "NORM_LAYER_NAMES"]
 
 NORM_LAYER_NAMES = frozenset({
     "BatchNorm", "BatchNorm1D", "BatchNorm2D", "BatchNorm3D", "SyncBatchNorm", "LayerNorm", "GroupNorm",
@@ -34,6 +35,7 @@ _NORM_TYPES = tuple(
     t for t in (getattr(paddle.nn, n, None) for n in sorted(NORM_LAYER_NAMES)) if isinstance(t, type)
 )
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_FOLDED: "weakref.WeakSet[Any]" = weakref.WeakSet()  # live pruners inside their folded() block (detached for now)
 
 Owned = Tuple[paddle.nn.Layer, str, paddle.Tensor]
 
@@ -41,6 +43,11 @@ Owned = Tuple[paddle.nn.Layer, str, paddle.Tensor]
 def live_pruners() -> List[Any]:
     """Dygraph pruners attached to a model now (not finalized)."""
     return list(_LIVE)
+
+
+def folded_pruners() -> List[Any]:
+    """Dygraph pruners inside their ``folded()`` block now (attached again when it ends)."""
+    return list(_FOLDED)
 
 
 def check_model(model: Any) -> paddle.nn.Layer:
@@ -121,7 +128,13 @@ class LayerBackend:
         for n in names:
             layer, attr, p = by_name[n]
             buf = mask_name(attr)
-            owner = next((q for q in _LIVE if id(p) in q.param_ids()), None)
+            owner = next((q for q in list(_LIVE) + list(_FOLDED) if id(p) in q.param_ids()), None)
+            if owner in _FOLDED:
+                raise ValueError(
+                    f"parameter {n!r} ({layer.full_name()}.{attr}) is pruned by {type(owner).__name__} at "
+                    f"0x{id(owner):x}, folded for now (inside its folded() block); build the new pruner after the "
+                    "block, or finalize() the first one"
+                )
             if owner is not None:
                 raise ValueError(
                     f"parameter {n!r} ({layer.full_name()}.{attr}) is already pruned by {type(owner).__name__} "
@@ -184,6 +197,7 @@ class LayerBackend:
     def detach(self) -> None:
         self._unhook()
         _LIVE.discard(self._pruner)
+        _FOLDED.discard(self._pruner)
         self._masks.clear()
 
     # -- extras the dygraph pruner uses --------------------------------------------------------------
@@ -195,14 +209,21 @@ class LayerBackend:
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:
-        """Hooks and mask buffers removed inside the block (the caller applied the masks), restored after."""
-        self._unhook()
-        _LIVE.discard(self._pruner)
+        """Hooks and mask buffers removed inside the block (the caller applied the masks), restored when the
+        outermost block ends (nested blocks change nothing) - unless the pruner was finalized inside: it stays
+        detached."""
+        outermost = self._pruner not in _FOLDED
+        if outermost:
+            self._unhook()
+            _LIVE.discard(self._pruner)
+            _FOLDED.add(self._pruner)
         try:
             yield
         finally:
-            self._hook_up()
-            _LIVE.add(self._pruner)
+            if outermost and self._pruner in _FOLDED:  # not finalized inside (detach() takes it out)
+                _FOLDED.discard(self._pruner)
+                self._hook_up()
+                _LIVE.add(self._pruner)
 
     def infos_of(self, target: Any) -> List[ParamInfo]:
         return param_infos(check_model(target))

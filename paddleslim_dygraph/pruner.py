@@ -12,7 +12,7 @@ from paddleslim_static.core.params import is_conv1x1
 from paddleslim_static.core.pruner import Pruner
 from paddleslim_static.core.schedule import GMPSchedule
 
-from .layers import LayerBackend, check_model, host_array, live_pruners, owned_params
+from .layers import LayerBackend, check_model, folded_pruners, host_array, live_pruners, owned_params
 
 __all__ = ["UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity", "folded"]
 
@@ -107,6 +107,11 @@ class UnstructuredPruner(Pruner):
         """Inside the block the masks are applied and detached (no hook, no mask buffers): the model is a plain
         sparse model, e.g. for ``paddle.jit.save`` or export. On exit the pruner is attached again.
 
+        Re-entrant: a nested ``folded()`` (or :func:`folded` of the model) changes nothing and the pruner is attached
+        again when the outermost block ends. ``finalize()`` inside the block is final: on exit nothing is attached
+        again. Building another pruner on the same parameters inside the block is a ``ValueError`` (one pruner per
+        weight, as everywhere).
+
         >>> import paddle
         >>> model = paddle.nn.Sequential(paddle.nn.Linear(4, 4))
         >>> pruner = UnstructuredPruner(model, 'ratio', ratio=0.5)
@@ -184,7 +189,8 @@ class GMPUnstructuredPruner(UnstructuredPruner):
 def folded(model: paddle.nn.Layer) -> Iterator[List[UnstructuredPruner]]:
     """Inside the block every live pruner of ``model`` (or of a model containing it) has its masks applied and
     detached — ``model`` is a plain sparse model (export, ``paddle.jit.save``); on exit they are attached again.
-    Yields the pruners involved (none for a model without a pruner).
+    Yields the pruners involved (none for a model without a pruner). Re-entrant like
+    :meth:`UnstructuredPruner.folded` (a nested block yields the same pruners and changes nothing).
 
     >>> import paddle
     >>> model = paddle.nn.Linear(4, 4)
@@ -194,7 +200,7 @@ def folded(model: paddle.nn.Layer) -> Iterator[List[UnstructuredPruner]]:
     """
     check_model(model)
     ours = {id(p) for p in model.parameters()}
-    pruners = [p for p in live_pruners() if ours & p.param_ids()]
+    pruners = [p for p in live_pruners() + folded_pruners() if ours & p.param_ids()]
     with contextlib.ExitStack() as stack:
         for pruner in pruners:
             stack.enter_context(pruner.folded())

@@ -3,8 +3,11 @@
 Inside ``with folded(program, scope):`` every parameter of ``program`` that has a ``<param>_mask`` variable in
 ``scope`` holds ``weight * mask`` (bool masks, or bit-packed uint8 masks of ``ceil(n / 8)`` bytes,
 :mod:`paddleslim_static.core.packing`), computed as the in-program mask op does (multiply by the mask cast to the
-weight's dtype). On exit - normally or by an exception - every folded weight gets back its exact bytes. Masks,
-thresholds and every other variable are never written.
+weight's dtype). On exit - normally or by an exception - every folded weight gets back its exact bytes, unless the
+block wrote it (``pruner.step()``, ``set_state_dict``, ``exe.run`` of a training program: what the block wrote stays)
+or finalized its pruner (``pruner.finalize()`` inside the block is final: the weight keeps ``weight * mask``). Masks,
+thresholds and every other variable are never written. Nested blocks are re-entrant (the inner one restores the
+outer one's folded weights); a second pruner on the same program and scope is refused inside the block as outside.
 
 >>> import numpy as np, paddle
 >>> from paddleslim_static.folding import folded
@@ -70,7 +73,8 @@ def _place_of(tensor: Any) -> Any:
 @contextlib.contextmanager
 def folded(program: Any, scope: Any = None) -> Iterator[List[str]]:
     """Inside the block, masked parameters of ``program`` hold ``weight * mask`` in ``scope`` (default: the global
-    scope); yields their names. Every folded weight is restored bit for bit on exit."""
+    scope); yields their names. Every folded weight is restored bit for bit on exit, unless the block wrote it or
+    finalized its pruner (see the module docstring)."""
     check_program(program)
     if scope is None:
         scope = paddle.static.global_scope()
@@ -92,12 +96,24 @@ def folded(program: Any, scope: Any = None) -> Iterator[List[str]]:
         except ValueError as e:
             raise ValueError(f"{mask_name(n)!r}: {e}") from None
         plan.append((n, weight_t, original, value))
-    done: List[Tuple[Any, np.ndarray]] = []
+    owners = _live_pruners(program, scope)
+    done: List[Tuple[str, Any, np.ndarray, np.ndarray]] = []
     try:
-        for _, tensor, original, value in plan:
+        for n, tensor, original, value in plan:
             tensor.set(value, _place_of(tensor))
-            done.append((tensor, original))
+            done.append((n, tensor, original, value))
         yield [n for n, _, _, _ in plan]
     finally:
-        for tensor, original in reversed(done):
-            tensor.set(original, _place_of(tensor))
+        final = {n for p in owners if p.finalized for n in p.prunable_params}
+        for n, tensor, original, value in reversed(done):
+            if n not in final and np.array(tensor).tobytes() == value.tobytes():  # not written inside the block
+                tensor.set(original, _place_of(tensor))
+
+
+def _live_pruners(program: Any, scope: Any) -> List[Any]:
+    """The static pruners attached to ``program`` in ``scope`` (none when paddleslim_static.pruner is not in use)."""
+    import sys
+
+    module = sys.modules.get(__name__.rsplit(".", 1)[0] + ".pruner")
+    live = getattr(module, "_LIVE", ())
+    return [p for p in list(live) if p.program is program and p.scope is scope]
