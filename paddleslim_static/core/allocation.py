@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from numbers import Real
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["METHODS", "check_allocation", "check_min_density", "erk_raw", "floors", "check_feasible",
@@ -50,7 +51,7 @@ def check_allocation(value: object) -> str:
 
 def check_min_density(value: object) -> float:
     """``min_density``: a real number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, complex):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"min_density must be a real number in [0, 1]; got {value!r} ({type(value).__name__})")
     v = float(value)
     if not 0.0 <= v <= 1.0:  # also rejects NaN
