@@ -2,6 +2,11 @@
 
 :class:`LayerBackend` implements the core's backend protocol (:mod:`paddleslim_static.core.pruner`):
 
+* :meth:`LayerBackend.work` hands out the parameters and masks with the engine that computes on them: on the CPU,
+  zero-copy numpy views and the numpy/C engine; on an accelerator (or with ``PADDLESLIM_ENGINE=paddle``), the
+  tensors themselves and the engine of Paddle operations (:mod:`paddleslim_static.device_engine`), so nothing
+  crosses the bus but a few scalars per ratio step;
+
 * masks are non-persistable bool buffers ``<attr>_mask`` on the layer that owns each parameter;
 * a gradient hook on every pruned weight *arms* the pruner (an optimizer step may follow); a model-level forward
   pre-hook re-applies the masks only while armed, and ``step()`` / ``update_params()`` disarm it, so forwards
@@ -20,9 +25,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 import numpy as np
 import paddle
 
-from paddleslim_static.core import engine
+from paddleslim_static.core.engine import HOST, Engine
 from paddleslim_static.core.naming import mask_name
 from paddleslim_static.core.params import ParamInfo
+from paddleslim_static.device_engine import PADDLE, use_device_engine
 
 __all__ = ["LayerBackend", "check_model", "host_array", "owned_params", "live_pruners", "folded_pruners",
            "NORM_LAYER_NAMES"]
@@ -154,16 +160,31 @@ class LayerBackend:
         _LIVE.add(pruner)
 
     @contextlib.contextmanager
-    def open(self, names: Sequence[str]) -> Iterator[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+    def open(self, names: Sequence[str], write: bool = True
+             ) -> Iterator[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+        """Host arrays of the weights and masks (copies off the CPU and for bfloat16, written back only with
+        ``write``)."""
         weights, masks, write_backs = {}, {}, []
         for n in names:
             weights[n], w_back = host_array(self._owned[n][2])
             masks[n], m_back = host_array(self._masks[n])
             write_backs += [f for f in (w_back, m_back) if f is not None]
         yield weights, masks
-        with paddle.no_grad():
-            for write_back in write_backs:
-                write_back()
+        if write:
+            with paddle.no_grad():
+                for write_back in write_backs:
+                    write_back()
+
+    @contextlib.contextmanager
+    def work(self, names: Sequence[str], write: bool = True) -> Iterator[Tuple[Engine, Dict[str, Any], Dict[str, Any]]]:
+        """(engine, weights, masks): the Paddle engine and the tensors themselves when any of them is off the CPU
+        or ``PADDLESLIM_ENGINE=paddle``; the numpy/C engine and host arrays otherwise."""
+        tensors = [self._owned[n][2] for n in names]
+        if use_device_engine(all(t.place.is_cpu_place() for t in tensors)):
+            yield PADDLE, dict(zip(names, tensors)), {n: self._masks[n] for n in names}
+            return
+        with self.open(names, write=write) as (weights, masks):
+            yield HOST, weights, masks
 
     def check_step(self) -> None:
         for n, (layer, attr, p) in self._owned.items():
@@ -257,8 +278,8 @@ class LayerBackend:
         return None
 
     def _apply(self, names: Optional[Sequence[str]] = None) -> None:
-        with self.open(list(self._owned) if names is None else names) as (weights, masks):
-            engine.apply_masks(weights, masks)
+        with self.work(list(self._owned) if names is None else names) as (eng, weights, masks):
+            eng.apply_masks(weights, masks)
 
     def _before_forward(self, layer: paddle.nn.Layer, inputs: Any) -> None:
         if self._armed and paddle.in_dynamic_mode():  # not while paddle.jit traces the model

@@ -29,6 +29,7 @@ Hints (warm starts) change only the speed of the core's selection; this one alwa
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -39,7 +40,10 @@ from .core.nm import reduction_axis
 from .core.scores import _geometry, uses_blocks
 from .core.selection import DIRECT_MAX, SOLO, NonFiniteScoreError, _check_finite, prune_count
 
-__all__ = ["PaddleEngine", "DeviceSource"]
+__all__ = ["PaddleEngine", "DeviceSource", "PADDLE", "ENGINE_ENV", "engine_name", "use_device_engine", "pack_bits",
+           "unpack_bits"]
+
+ENGINE_ENV = "PADDLESLIM_ENGINE"
 
 Block = Tuple[int, int]
 Tensors = Mapping[str, paddle.Tensor]
@@ -242,6 +246,30 @@ def _multiply_(w: paddle.Tensor, keep: paddle.Tensor) -> None:
         w.multiply_(keep.astype(w.dtype))
 
 
+PADDLE = PaddleEngine()
+
+
+def engine_name() -> str:
+    """``PADDLESLIM_ENGINE`` from the environment: 'paddle', 'numpy' or '' (unset: the best for the place)."""
+    value = os.environ.get(ENGINE_ENV, "").strip().lower()
+    if value not in ("", "auto", "paddle", "numpy"):
+        raise ValueError(f"{ENGINE_ENV} must be 'paddle', 'numpy' or unset; got {value!r}: fix the environment "
+                         "variable")
+    return "" if value == "auto" else value
+
+
+def use_device_engine(on_cpu: bool) -> bool:
+    """Whether tensors on this place go to the Paddle engine: forced by ``PADDLESLIM_ENGINE``, otherwise for
+    tensors off the CPU (on the CPU the numpy/C engine is faster and reads the tensors in place).
+
+    >>> import os; os.environ.pop(ENGINE_ENV, None) and None
+    >>> use_device_engine(on_cpu=True), use_device_engine(on_cpu=False)
+    (False, True)
+    """
+    name = engine_name()
+    return name == "paddle" if name else not on_cpu
+
+
 # -- selection internals ---------------------------------------------------------------------------
 def _group(collectives: Any) -> Any:
     from .core.distributed import Group
@@ -428,7 +456,7 @@ def _nm_keep(w: paddle.Tensor, n: int, m: int, layout: Any) -> paddle.Tensor:
 def _rank_keep(keys: paddle.Tensor, n: int) -> paddle.Tensor:
     """keys (P, G, M, Q): rank_i = #{j: k_j > k_i} + #{j < i: k_j == k_i}; keep rank < n."""
     m = keys.shape[2]
-    idx = paddle.arange(m, dtype="int32").reshape([1, 1, m, 1])
+    idx = paddle.cumsum(paddle.ones_like(keys[:1, :1, :, :1], dtype="int32"), axis=2) - 1  # 0..m-1, on the device
     rank = paddle.zeros_like(keys, dtype="int32")
     for j in range(m):
         kj = keys[:, :, j:j + 1, :]
@@ -436,3 +464,31 @@ def _rank_keep(keys: paddle.Tensor, n: int) -> paddle.Tensor:
                                   paddle.logical_and(paddle.equal(kj, keys), idx > j))
         rank = rank + beats.astype("int32")
     return rank < n
+
+
+# -- packed masks (the static pass's uint8 bits, :mod:`paddleslim_static.core.packing`'s format) ----------------
+def unpack_bits(bits: paddle.Tensor, shape: Sequence[int]) -> paddle.Tensor:
+    """The bool mask of ``shape`` in ``np.packbits`` order (big-endian bits), unpacked on ``bits``' device."""
+    n = int(np.prod(shape, dtype=np.int64))
+    one = paddle.full_like(bits, 1)
+    cols = [paddle.bitwise_and(_shift_u8(bits, 7 - j), one) for j in range(8)]
+    return paddle.stack(cols, axis=1).reshape([-1])[:n].astype("bool").reshape(list(shape))
+
+
+def pack_bits(mask: paddle.Tensor, out: paddle.Tensor) -> paddle.Tensor:
+    """Pack a bool mask into the uint8 tensor ``out`` (in place, on its device), as ``np.packbits`` does."""
+    flat = mask.reshape([-1]).astype("int32")
+    n = flat.shape[0]
+    nb = (n + 7) // 8
+    if nb * 8 != n:  # zero bits up to a whole byte, as np.packbits pads
+        flat = paddle.concat([flat, paddle.zeros_like(flat[:1]).tile([nb * 8 - n])])
+    groups = flat.reshape([nb, 8])
+    acc = groups[:, 0] * 128
+    for j in range(1, 8):
+        acc = acc + groups[:, j] * (1 << (7 - j))
+    paddle.assign(acc.astype("uint8"), output=out)
+    return out
+
+
+def _shift_u8(x: paddle.Tensor, s: int) -> paddle.Tensor:
+    return x if s == 0 else paddle.bitwise_right_shift(x, paddle.full_like(x, s))

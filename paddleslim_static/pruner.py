@@ -31,7 +31,12 @@ from .core.pruner import Pruner
 from .core.schedule import GMPSchedule
 from .mask_pass import MaskPassResult, apply_mask_pass, unmasked_params
 from .programs import check_program, is_pir_program, param_infos, parameter_names, program_mode
-from .scope_io import check_place, check_scope, host_view, is_initialized, scope_arrays, tensor_of, write_scope
+from .core.engine import HOST, Engine
+from .device_engine import PADDLE, pack_bits, unpack_bits, use_device_engine
+from .scope_io import (
+    check_place, check_scope, device_tensor, host_view, is_initialized, on_cpu, own_place, scope_arrays, tensor_of,
+    write_scope,
+)
 
 __all__ = ["UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity", "GLOBAL_THRESHOLD_VAR",
            "READY_VAR", "threshold_var_name"]
@@ -85,6 +90,7 @@ class ProgramBackend:
         self.target = program
         self.packed = packed
         self._host: Dict[str, np.ndarray] = {}  # packed: the bool masks the core works on
+        self._device_masks: Optional[Dict[str, Any]] = None  # packed, Paddle engine: bool masks of the last work()
         self._synced: Dict[str, np.ndarray] = {}  # packed: the bits last read from / written to the scope
         self.program = program
         self.startup_program = startup_program
@@ -123,10 +129,10 @@ class ProgramBackend:
                 self._host[n] = ones
                 self._synced[n] = pack_mask(ones)
             if not is_initialized(self.scope, self.mask_of[n]):
-                write_scope(self.scope, self.mask_of[n], self._synced[n] if self.packed else ones, self.place)
+                write_scope(self.scope, self.mask_of[n], self._synced[n] if self.packed else ones, self._new_place())
         for v in self.tvars.values():
             if not is_initialized(self.scope, v):
-                write_scope(self.scope, v, np.array(pruner.threshold, dtype=np.float32), self.place)
+                write_scope(self.scope, v, np.array(pruner.threshold, dtype=np.float32), self._new_place())
         self._pruner = pruner
         self._set_ready(self.weights_ready())
         _LIVE.add(pruner)
@@ -135,9 +141,13 @@ class ProgramBackend:
                       "step()/update_params() after the startup program ran")
 
     @contextlib.contextmanager
-    def open(self, names: Sequence[str]) -> Iterator[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+    def open(self, names: Sequence[str], write: bool = True
+             ) -> Iterator[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+        """Host arrays of the weights and bool masks (copies off the CPU, written back to each tensor's own place
+        only with ``write``)."""
+        self._device_masks = None
         mask_names = [self.mask_of[n] for n in names]
-        with scope_arrays(self.scope, list(names) + mask_names, self.place) as arrays:
+        with scope_arrays(self.scope, list(names) + mask_names, write=write) as arrays:
             if not self.packed:
                 yield ({n: arrays[n] for n in names}, {n: arrays[self.mask_of[n]] for n in names})
                 return
@@ -148,11 +158,38 @@ class ProgramBackend:
                     self._synced[n] = bits.copy()
             yield ({n: arrays[n] for n in names}, {n: self._host[n] for n in names})
 
+    @contextlib.contextmanager
+    def work(self, names: Sequence[str], write: bool = True) -> Iterator[Tuple[Engine, Dict[str, Any], Dict[str, Any]]]:
+        """(engine, weights, masks): scope tensors off the CPU (or ``PADDLESLIM_ENGINE=paddle``) go to the Paddle
+        engine as tensors sharing the scope's memory (packed masks unpacked on the device); the rest to the numpy/C
+        engine as host arrays."""
+        tensors = [tensor_of(self.scope, n) for n in names]
+        if not use_device_engine(all(on_cpu(t) for t in tensors)):
+            with self.open(names, write=write) as (weights, masks):
+                yield HOST, weights, masks
+            return
+        with _eager():
+            weights = {n: device_tensor(t) for n, t in zip(names, tensors)}
+            stored = {n: device_tensor(tensor_of(self.scope, self.mask_of[n])) for n in names}
+            if self.packed:
+                shapes = {n: tuple(weights[n].shape) for n in names}
+                masks = {n: unpack_bits(stored[n], shapes[n]) for n in names}
+                self._device_masks = masks
+            else:
+                masks = stored
+            yield PADDLE, weights, masks
+
     def masks_written(self) -> None:
         if not self.packed:
             return
+        if self._device_masks is not None:  # the Paddle engine wrote them: pack on the device, into the scope
+            with _eager():
+                for n, mask in self._device_masks.items():
+                    pack_bits(mask, out=device_tensor(tensor_of(self.scope, self.mask_of[n])))
+            self._device_masks = None
+            return
         names = list(self._host)
-        with scope_arrays(self.scope, [self.mask_of[n] for n in names], self.place) as arrays:
+        with scope_arrays(self.scope, [self.mask_of[n] for n in names]) as arrays:
             for n in names:
                 bits = pack_mask(self._host[n])
                 arrays[self.mask_of[n]][...] = bits
@@ -185,7 +222,7 @@ class ProgramBackend:
     def store_thresholds(self, threshold: float, thresholds: Mapping[str, float]) -> None:
         for key, var in self.tvars.items():
             value = thresholds.get(key, threshold) if key else threshold
-            write_scope(self.scope, var, np.array(value, dtype=np.float32), self.place)
+            write_scope(self.scope, var, np.array(value, dtype=np.float32), self._new_place())
 
     def state_keys(self, names: Sequence[str]) -> Dict[str, str]:
         return {n: n for n in names}
@@ -201,7 +238,15 @@ class ProgramBackend:
         return all(is_initialized(self.scope, n) for n in self.mask_of)
 
     def _set_ready(self, value: bool) -> None:
-        write_scope(self.scope, READY_VAR, np.array(value, dtype=bool), self.place)
+        write_scope(self.scope, READY_VAR, np.array(value, dtype=bool), self._new_place())
+
+    def _new_place(self) -> Any:
+        """Where a variable the pruner creates goes: the ``place`` given, else where the weights live (the CPU
+        before the startup program ran). Existing variables are always written where they live."""
+        if self.place is not None:
+            return self.place
+        first = next((n for n in self.mask_of if is_initialized(self.scope, n)), None)
+        return own_place(tensor_of(self.scope, first)) if first is not None else paddle.CPUPlace()
 
     def infos_of(self, target: Any) -> List[ParamInfo]:
         return param_infos(check_program(target))
@@ -211,6 +256,11 @@ class ProgramBackend:
 
 
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _eager() -> Any:
+    """Dygraph mode for the Paddle engine's operations (a no-op when already in it)."""
+    return contextlib.nullcontext() if paddle.in_dynamic_mode() else paddle.base.dygraph.guard()
 
 
 def _num_ops(program: Any) -> int:
@@ -285,7 +335,7 @@ class UnstructuredPruner(Pruner):
         self.program = check_program(program)
         self.startup_program = _startup_of(self.program, startup_program)
         self.scope = _scope(check_scope(scope))
-        self.place = paddle.CPUPlace() if place is None else check_place(place)
+        self.place = None if place is None else check_place(place)  # None: every tensor stays where it lives
         if not isinstance(packed, bool):
             raise TypeError(f"packed_masks must be a bool; got {packed!r}")
         self._program_backend = ProgramBackend(self.program, self.startup_program, self.scope, self.place,

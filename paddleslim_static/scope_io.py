@@ -2,8 +2,11 @@
 
 * :func:`tensor_of` / :func:`is_initialized` - find a variable's tensor in a scope;
 * :func:`host_view` - a zero-copy (DLPack) numpy view of a CPU tensor, a copy elsewhere;
-* :func:`scope_arrays` - writable host arrays for several variables, copies written back on exit;
-* :func:`write_scope` - create or overwrite a variable (dtype as given: cast first).
+* :func:`scope_arrays` - writable host arrays for several variables, copies written back on exit (to each
+  tensor's own place);
+* :func:`write_scope` - create or overwrite a variable (dtype as given: cast first; an existing one keeps its place);
+* :func:`device_tensor` - a ``paddle.Tensor`` sharing a scope tensor's memory on its own device (the Paddle engine);
+* :func:`own_place` - the place a scope tensor lives on, as the place type ``DenseTensor.set`` takes.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["check_scope", "check_place", "tensor_of", "is_initialized", "host_view", "write_scope", "scope_arrays"]
+__all__ = ["check_scope", "check_place", "tensor_of", "is_initialized", "host_view", "write_scope", "scope_arrays",
+           "device_tensor", "own_place", "on_cpu"]
 
 
 def check_scope(scope: Any, arg: str = "scope") -> Any:
@@ -74,14 +78,45 @@ def host_view(tensor: Any) -> Tuple[np.ndarray, bool]:
     return np.array(tensor), True
 
 
-def write_scope(scope: Any, name: str, value: np.ndarray, place: Any) -> None:
-    """Create (if needed) and set the scope variable ``name`` to ``value`` (dtype kept as given)."""
-    scope.var(name).get_tensor().set(np.ascontiguousarray(value), place)
+def own_place(tensor: Any) -> Any:
+    """The place ``tensor`` (a scope DenseTensor) lives on, as the specific place type ``DenseTensor.set`` takes
+    (it rejects the generic ``_place()``)."""
+    import paddle
+
+    p = tensor._place()
+    if p.is_cpu_place():
+        return paddle.CPUPlace()
+    if p.is_gpu_place():
+        return paddle.CUDAPlace(p.gpu_device_id())
+    if p.is_cuda_pinned_place():
+        return paddle.CUDAPinnedPlace()
+    if p.is_xpu_place():
+        return paddle.XPUPlace(p.xpu_device_id())
+    if p.is_custom_place():
+        return paddle.CustomPlace(p.custom_device_type(), p.custom_device_id())
+    raise ValueError(f"scope tensor on an unsupported place {p}: write it with a place argument")
+
+
+def on_cpu(tensor: Any) -> bool:
+    """Whether a scope tensor lives in host memory."""
+    return bool(tensor._place().is_cpu_place())
+
+
+def write_scope(scope: Any, name: str, value: np.ndarray, place: Any = None) -> None:
+    """Create (if needed) and set the scope variable ``name`` to ``value`` (dtype kept as given). An initialised
+    variable stays where it lives; a new one is created on ``place`` (default: the CPU)."""
+    import paddle
+
+    t = scope.var(name).get_tensor()
+    where = own_place(t) if t._is_initialized() else (paddle.CPUPlace() if place is None else place)
+    t.set(np.ascontiguousarray(value), where)
 
 
 @contextlib.contextmanager
-def scope_arrays(scope: Any, names: Sequence[str], place: Any) -> Iterator[Dict[str, np.ndarray]]:
-    """Writable host arrays for scope tensors; copies (non-CPU tensors) are written back on exit."""
+def scope_arrays(scope: Any, names: Sequence[str], place: Any = None, write: bool = True
+                 ) -> Iterator[Dict[str, np.ndarray]]:
+    """Writable host arrays for scope tensors; copies (tensors off the CPU) are written back on exit to each
+    tensor's own place, and only with ``write``. ``place`` is ignored (kept for callers of the old signature)."""
     arrays: Dict[str, np.ndarray] = {}
     copies = []
     for n in names:
@@ -92,5 +127,14 @@ def scope_arrays(scope: Any, names: Sequence[str], place: Any) -> Iterator[Dict[
     try:
         yield arrays
     finally:
-        for t, arr in copies:
-            t.set(arr, place if place is not None else t._place())
+        if write:
+            for t, arr in copies:
+                t.set(arr, own_place(t))
+
+
+def device_tensor(tensor: Any) -> Any:
+    """A ``paddle.Tensor`` sharing the memory of a scope tensor, on its device (in-place ops write the scope).
+    Call it in dygraph mode."""
+    from paddle.utils import dlpack
+
+    return dlpack.from_dlpack(tensor._to_dlpack())

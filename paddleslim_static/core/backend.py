@@ -1,9 +1,10 @@
 """What a mode supplies to the core pruner (:class:`Backend`), and :class:`ArrayBackend`, the backend over plain numpy
 arrays (examples, tests, and any framework that can hand out its weights as numpy arrays).
 
-A backend reaches one mode's weights and masks as host numpy arrays (zero-copy where it can), runs the mode's
-checks, and owns whatever the mode attaches to its target (dygraph: buffers and hooks; static: the mask pass and
-scope variables). See :mod:`paddleslim_static.core.pruner` for the lifecycle that calls it.
+A backend reaches one mode's weights and masks, together with the engine that computes on them (:meth:`Backend.work`:
+host numpy arrays and the numpy/C engine, zero-copy on CPU; or the tensors themselves and the engine of Paddle
+operations, which keeps them on their device), runs the mode's checks, and owns whatever the mode attaches to its
+target (dygraph: buffers and hooks; static: the mask pass and scope variables). See :mod:`paddleslim_static.core.pruner` for the lifecycle that calls it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Sequence,
 
 import numpy as np
 
+from .engine import HOST, Engine
 from .params import ParamInfo
 
 try:  # Python 3.8+: typing.Protocol
@@ -40,6 +42,11 @@ class Backend(Protocol):
 
     def open(self, names: Sequence[str]) -> ContextManager[Tuple[Arrays, Arrays]]:
         """Writable host arrays ``(weights, masks)`` (zero-copy where possible), written back on exit."""
+
+    def work(self, names: Sequence[str], write: bool = True) -> ContextManager[Tuple[Engine, Any, Any]]:
+        """``(engine, weights, masks)``: the arrays in the engine's kind (host arrays for the numpy/C engine, device
+        tensors for the Paddle engine). Host copies are written back on exit only with ``write``. Optional: a backend
+        without it is driven through :meth:`open` and the numpy/C engine."""
 
     def weights_ready(self) -> bool:
         """Whether the weights exist yet (static: the startup program ran in the scope)."""
@@ -102,6 +109,11 @@ class ArrayBackend:
     @contextlib.contextmanager
     def open(self, names: Sequence[str]) -> Iterator[Tuple[Arrays, Arrays]]:
         yield {n: self._weights[n] for n in names}, {n: self._masks[n] for n in names}
+
+    @contextlib.contextmanager
+    def work(self, names: Sequence[str], write: bool = True) -> Iterator[Tuple[Engine, Arrays, Arrays]]:
+        with self.open(names) as (weights, masks):
+            yield HOST, weights, masks
 
     def weights_ready(self) -> bool:
         return True

@@ -8,16 +8,18 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from . import kernels, threads
 from .distributed import Collectives, Group
+from .nm import fill_nm_mask
 from .scores import mask_from_threshold, score_source
 from .selection import HINT_WIDTH, SOLO, ScoreSource, count_threshold, kth_smallest, ratio_threshold
 
-__all__ = ["score_sources", "ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize"]
+__all__ = ["score_sources", "ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize",
+           "Engine", "HostEngine", "HOST"]
 
 Block = Tuple[int, int]
 Sources = Mapping[str, ScoreSource]
@@ -170,3 +172,105 @@ def summarize(weights: Mapping[str, np.ndarray], ratio: float) -> float:
         raise ValueError("summarize_weights: the model has no prunable weights")
     k = max(0, math.ceil(ratio * n) - 1)
     return float(kth_smallest([ScoreSource(w, None, name) for name, w in weights.items()], k))
+
+
+try:  # Python 3.8+: typing.Protocol
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object  # type: ignore[assignment,misc]
+
+
+class Engine(Protocol):
+    """What the core pruner runs on a backend's arrays. :data:`HOST` (numpy/C over host arrays) and
+    ``paddleslim_static.device_engine.PaddleEngine`` (Paddle operations on the tensors' device) compute the same
+    bits; a backend hands out its arrays together with the engine that works on them."""
+
+    name: str
+
+    def score_sources(self, weights: Mapping[str, Any], block: Block) -> Mapping[str, Any]: ...
+
+    def ratio_thresholds(self, weights: Mapping[str, Any], ratio: float, local: bool, block: Block,
+                         sources: Optional[Mapping[str, Any]] = None, **kw: Any
+                         ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]: ...
+
+    def fill_masks(self, weights: Mapping[str, Any], masks: Mapping[str, Any], threshold: Optional[float],
+                   thresholds: Mapping[str, float], block: Block, apply: bool = False,
+                   sources: Optional[Mapping[str, Any]] = None) -> None: ...
+
+    def fill_nm(self, weights: Mapping[str, Any], masks: Mapping[str, Any], n: int, m: int,
+                layouts: Mapping[str, Any]) -> None: ...
+
+    def apply_masks(self, weights: Mapping[str, Any], masks: Mapping[str, Any]) -> None: ...
+
+    def masks_from_nonzero(self, weights: Mapping[str, Any], masks: Mapping[str, Any]) -> None: ...
+
+    def masks_match_nonzero(self, weights: Mapping[str, Any], masks: Mapping[str, Any]) -> Dict[str, bool]: ...
+
+    def summarize(self, weights: Mapping[str, Any], ratio: float) -> float: ...
+
+    def max_abs_over_f32(self, weights: Mapping[str, Any], limit: float) -> Optional[Tuple[str, float]]: ...
+
+    def first_nonfinite(self, weights: Mapping[str, Any]) -> Optional[str]: ...
+
+    def to_host(self, x: Any) -> np.ndarray: ...
+
+
+class HostEngine:
+    """The numpy/C engine: the functions of this module over host numpy arrays (the fastest on CPU).
+
+    >>> import numpy as np
+    >>> w, m = {'w': np.array([3., 1., -2.], np.float32)}, {'w': np.ones(3, bool)}
+    >>> HOST.fill_masks(w, m, 2.0, {}, (1, 1), apply=True); w['w'].tolist(), m['w'].tolist()
+    ([3.0, 0.0, -2.0], [True, False, True])
+    """
+
+    name = "numpy"
+
+    def score_sources(self, weights: Mapping[str, np.ndarray], block: Block) -> Dict[str, ScoreSource]:
+        return score_sources(weights, block)
+
+    def ratio_thresholds(self, weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block,
+                         sources: Optional[Sources] = None, **kw: Any
+                         ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
+        return ratio_thresholds(weights, ratio, local, block, sources, **kw)
+
+    def fill_masks(self, weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+                   threshold: Optional[float], thresholds: Mapping[str, float], block: Block, apply: bool = False,
+                   sources: Optional[Sources] = None) -> None:
+        fill_masks(weights, masks, threshold, thresholds, block, apply=apply, sources=sources)
+
+    def fill_nm(self, weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], n: int, m: int,
+                layouts: Mapping[str, Any]) -> None:
+        """masks[name] &= the N:M mask of weights[name] along ``layouts[name]``'s axis."""
+        for name, w in weights.items():
+            fill_nm_mask(w, n, m, layouts[name], out=masks[name], intersect=True)
+
+    def apply_masks(self, weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
+        apply_masks(weights, masks)
+
+    def masks_from_nonzero(self, weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
+        masks_from_nonzero(weights, masks)
+
+    def masks_match_nonzero(self, weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]
+                            ) -> Dict[str, bool]:
+        """Whether each mask equals ``weight != 0``."""
+        return {n: bool(np.array_equal(masks[n], w != 0)) for n, w in weights.items()}
+
+    def summarize(self, weights: Mapping[str, np.ndarray], ratio: float) -> float:
+        return summarize(weights, ratio)
+
+    def max_abs_over_f32(self, weights: Mapping[str, np.ndarray], limit: float) -> Optional[Tuple[str, float]]:
+        """The first non-float32 weight whose max |w| exceeds ``limit`` and that max, or None."""
+        for n, w in weights.items():
+            if w.dtype != np.float32 and w.size and float(np.max(np.abs(w))) > limit:
+                return n, float(np.max(np.abs(w)))
+        return None
+
+    def first_nonfinite(self, weights: Mapping[str, np.ndarray]) -> Optional[str]:
+        return next((n for n, w in weights.items() if not np.isfinite(w).all()), None)
+
+    def to_host(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+HOST = HostEngine()

@@ -24,14 +24,15 @@ Lifecycle, and what each stage may change:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import allocation, engine
 from .backend import ArrayBackend, Arrays, Backend
-from .nm import CONV, LINEAR, fill_nm_mask, nm_skip_reason, parse_pattern
+from .nm import CONV, LINEAR, nm_skip_reason, parse_pattern
 from .packing import pack_mask
 from .params import resolve_prunable
 from .schedule import GMPSchedule
@@ -54,6 +55,8 @@ class Pruner:
     ``schedule`` makes it a GMP pruner: the ratio follows the schedule and masks are recomputed only when the ratio
     changes (and on the first step after a ``resume_iteration`` or :meth:`seek`).
     """
+
+    _engine: engine.Engine = engine.HOST  # the engine of the arrays the current call works on (see _work)
 
     def __init__(
         self,
@@ -190,15 +193,15 @@ class Pruner:
         if self._schedule is not None:
             ratio = self._schedule.ratio_at(self.cur_iteration)
             recompute = reset or self._recompute_next or ratio != self.ratio
-        with self._backend.open(self._prunable) as (weights, masks):
+        with self._work() as (eng, weights, masks):
             if not recompute:
-                engine.apply_masks(weights, masks)
+                eng.apply_masks(weights, masks)
                 g, per = self.threshold, self.thresholds
             else:
                 sources = None
                 g, per = self.threshold, {}
                 if self.mode == "ratio":
-                    sources = engine.score_sources(weights, self.sparse_block)
+                    sources = eng.score_sources(weights, self.sparse_block)
                     g, per = self._thresholds_for(weights, ratio, sources)
                 self._fill(weights, masks, g, per, apply=True, sources=sources)
         if recompute:
@@ -211,7 +214,7 @@ class Pruner:
     def update_threshold(self) -> None:
         """Ratio mode: recompute the threshold(s) from the current weights (masks unchanged)."""
         self._check_live()
-        with self._backend.open(self._prunable) as (weights, _):
+        with self._work(write=False) as (_, weights, _masks):
             g, per = self._thresholds_for(weights, self.ratio, None)
         self._commit(self.ratio, g, per)
 
@@ -219,16 +222,16 @@ class Pruner:
         """Re-apply the current masks to the weights (before eval or save)."""
         self._check_live()
         self._masks_reset()
-        with self._backend.open(self._prunable) as (weights, masks):
-            engine.apply_masks(weights, masks)
+        with self._work() as (eng, weights, masks):
+            eng.apply_masks(weights, masks)
         self._backend.after_apply()
 
     def set_static_masks(self) -> None:
         """Masks from the current zero pattern: fine-tune an already sparse model without changing it."""
         self._check_live()
         self._masks_reset()
-        with self._backend.open(self._prunable) as (weights, masks):
-            engine.masks_from_nonzero(weights, masks)
+        with self._work() as (eng, weights, masks):
+            eng.masks_from_nonzero(weights, masks)
         self._backend.masks_written()
 
     def seek(self, iteration: int) -> None:
@@ -250,8 +253,8 @@ class Pruner:
             prunable, _ = resolve_prunable(self._backend.infos_of(target), None, None)
             return engine.summarize(self._backend.weights_of(target, [p.name for p in prunable]), ratio)
         self._check_live()
-        with self._backend.open(self._prunable) as (weights, _):
-            return engine.summarize(weights, ratio)
+        with self._work(write=False) as (eng, weights, _):
+            return eng.summarize(weights, ratio)
 
     def finalize(self) -> None:
         """Apply the masks for good and detach them from the target; the pruner refuses further calls and a new
@@ -334,14 +337,14 @@ class Pruner:
     def _thresholds_for(
         self, weights: Arrays, ratio: float, sources: Optional[engine.Sources]
     ) -> Tuple[float, Dict[str, float]]:
-        for n, w in weights.items():
-            if w.dtype != np.float32 and w.size and float(np.max(np.abs(w))) > _F32_MAX:
-                raise ValueError(f"weights of {n!r} exceed the float32 range (max |w| = {float(np.max(np.abs(w)))!r}); "
-                                 "scores are compared in float32")
+        over = self._engine.max_abs_over_f32(weights, _F32_MAX)
+        if over is not None:
+            raise ValueError(f"weights of {over[0]!r} exceed the float32 range (max |w| = {over[1]!r}); "
+                             "scores are compared in float32")
         try:
             g, per = self._allocate(weights, ratio, sources)
         except NonFiniteScoreError as exc:
-            bad = next((n for n, w in weights.items() if not np.isfinite(w).all()), None)
+            bad = self._engine.first_nonfinite(weights)
             if bad is not None and repr(bad) not in str(exc):
                 raise NonFiniteScoreError(f"weights of {bad!r} contain NaN or Inf; ratio mode cannot place a "
                                           "threshold among non-finite values") from exc
@@ -365,7 +368,7 @@ class Pruner:
                                                                  self.sparsity_allocation, self.min_density)))
             self._note_protected([n for n in names if counts[n] != prune_count(sizes[n], ratio)]
                                  if self.local_sparsity else [])
-            return engine.ratio_thresholds(weights, ratio, True, block, sources, prune_counts=counts)
+            return self._engine.ratio_thresholds(weights, ratio, True, block, sources, prune_counts=counts)
         reduce = None if comm is None else (lambda v: [int(x) for x in comm.allreduce_sum(np.asarray(v, np.int64))])
         total = sum(sizes.values()) if reduce is None else reduce([sum(sizes.values())])[0]
         k_total = prune_count(total, ratio)
@@ -373,9 +376,9 @@ class Pruner:
             allocation.check_feasible(names, list(sizes.values()), ratio, self.min_density)  # raises (one rank)
             raise ValueError(f"min_density={self.min_density!r} keeps more weights (over all ranks) than "
                              f"ratio={ratio!r} leaves; lower min_density or the ratio")
-        g, _ = engine.ratio_thresholds(weights, ratio, False, block, sources, collectives=comm)
-        _, floor_scores = engine.ratio_thresholds(weights, ratio, True, block, sources,
-                                                  prune_counts={n: sizes[n] - lows[n] for n in names})
+        g, _ = self._engine.ratio_thresholds(weights, ratio, False, block, sources, collectives=comm)
+        _, floor_scores = self._engine.ratio_thresholds(weights, ratio, True, block, sources,
+                                                        prune_counts={n: sizes[n] - lows[n] for n in names})
         if (reduce or (lambda v: v))([sum(1 for n in names if floor_scores[n] < g)])[0] == 0:
             self._note_protected([])
             return g, {}
@@ -385,7 +388,7 @@ class Pruner:
             n_free = n_free if reduce is None else reduce([n_free])[0]
             sub = {n: weights[n] for n in free}
             src = None if sources is None else {n: sources[n] for n in free}
-            return engine.ratio_thresholds(sub, k / n_free, False, block, src, collectives=comm)[0]
+            return self._engine.ratio_thresholds(sub, k / n_free, False, block, src, collectives=comm)[0]
 
         g, pinned = allocation.protect_global(sizes, lows, floor_scores, k_total, select, reduce)
         self._note_protected(pinned)
@@ -399,15 +402,14 @@ class Pruner:
               sources: Optional[engine.Sources] = None) -> None:
         """masks = score >= threshold (and, with a sparse_pattern, the N:M mask of the same weights); apply: zero the
         pruned weights."""
+        eng = self._engine
         if self.sparse_pattern is None:
-            engine.fill_masks(weights, masks, threshold, thresholds, self.sparse_block, apply=apply, sources=sources)
+            eng.fill_masks(weights, masks, threshold, thresholds, self.sparse_block, apply=apply, sources=sources)
             return
-        engine.fill_masks(weights, masks, threshold, thresholds, self.sparse_block, apply=False, sources=sources)
-        n, m = self.sparse_pattern
-        for name, w in weights.items():
-            fill_nm_mask(w, n, m, self._layouts[name], out=masks[name], intersect=True)
+        eng.fill_masks(weights, masks, threshold, thresholds, self.sparse_block, apply=False, sources=sources)
+        eng.fill_nm(weights, masks, *self.sparse_pattern, self._layouts)
         if apply:  # multiply, like every other path (and the static program's mask op): same bits, -0.0 included
-            engine.apply_masks(weights, masks)
+            eng.apply_masks(weights, masks)
 
     def _commit(self, ratio: float, threshold: float, thresholds: Mapping[str, float]) -> None:
         names = self._pending_protected
@@ -421,13 +423,33 @@ class Pruner:
         self.thresholds = dict(thresholds)
         self._backend.store_thresholds(self.threshold, self.thresholds)
 
+    @contextlib.contextmanager
+    def _work(self, write: bool = True) -> Iterator[Tuple[engine.Engine, Any, Any]]:
+        """(engine, weights, masks) of the prunable parameters from the backend (:meth:`Backend.work`; a backend
+        without it gives host arrays for the numpy/C engine). Inside, ``self._engine`` is that engine. ``write``:
+        False for calls that only read (host copies are not written back)."""
+        work = getattr(self._backend, "work", None)
+        with (work(self._prunable, write=write) if work is not None else _host_work(self._backend, self._prunable)
+              ) as (eng, weights, masks):
+            self._engine = eng
+            try:
+                yield eng, weights, masks
+            finally:
+                self._engine = engine.HOST
+
     def _masks_from_threshold(self, apply: bool) -> None:
-        with self._backend.open(self._prunable) as (weights, masks):
+        with self._work() as (_, weights, masks):
             self._fill(weights, masks, self.threshold, {}, apply=apply)
         self._backend.masks_written()
         self._backend.store_thresholds(self.threshold, self.thresholds)
         if apply:
             self._backend.after_apply()
+
+
+@contextlib.contextmanager
+def _host_work(backend: Backend, names: Sequence[str]) -> Iterator[Tuple[engine.Engine, Arrays, Arrays]]:
+    with backend.open(names) as (weights, masks):
+        yield engine.HOST, weights, masks
 
 
 def _call_skip(func: Optional[Callable[[Any], Iterable[str]]], target: Any) -> Optional[List[str]]:
