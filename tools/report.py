@@ -4,8 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,18 +37,11 @@ class LayerRow:
 
 
 def layer_rows(weights: Dict[str, np.ndarray], structured: Optional[Dict[str, str]] = None) -> List[LayerRow]:
-    """Report rows for ``weights`` (name -> array), densities from the shared core.
-
-    Rows follow the dygraph model's parameter order when ``structured`` (name -> structured name, in model
-    order) is given, else natural name order (``conv2d_2`` before ``conv2d_10``).
+    """Report rows for ``weights`` (name -> array, in model order: a saved model's in the order its ops read them),
+    densities from the shared core; ``structured``: name -> structured name (``features.3.weight``), when known.
     """
-    order = {n: i for i, n in enumerate(structured or {})}
-
-    def key(n: str):
-        return (order.get(n, len(order)), [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
-
     rows = []
-    for name in sorted(weights, key=key):
+    for name in weights:
         arr = weights[name]
         nz, size = nonzero_and_size([arr])
         item = arr.dtype.itemsize
@@ -58,6 +50,12 @@ def layer_rows(weights: Dict[str, np.ndarray], structured: Optional[Dict[str, st
             density=(nz / size if size else 1.0), zeros=size - nz, bytes_dense=size * item,
             bytes_sparse=coo_bytes(nz, item), layer=(structured or {}).get(name)))
     return rows
+
+
+def _check(how: Optional[str], pattern_ok: Optional[bool]) -> str:
+    """A check cell: ``ok``, ``ZEROS DIFFER`` or ``MISSING``, with how the tensor was found unless by name."""
+    text = "MISSING" if how is None else ("ok" if pattern_ok else "ZEROS DIFFER")
+    return text + (f" ({how})" if how and how != "name" else "")
 
 
 def _fmt_bytes(n: Optional[int]) -> str:
@@ -132,25 +130,38 @@ class ExportReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=float)
 
+    def _columns(self) -> List[Tuple[str, Callable[[LayerRow], str]]]:
+        """(header, cell) of every column that applies to this export: ``layer`` when structured names are known,
+        the COO size and the ONNX storage with a compressed ONNX, one check column per verified model."""
+        cols: List[Tuple[str, Callable[[LayerRow], str]]] = [("weight", lambda r: r.name)]
+        if any(r.layer for r in self.rows):
+            cols.append(("layer", lambda r: r.layer or "-"))
+        cols += [("shape", lambda r: "x".join(map(str, r.shape)) or "scalar"),
+                 ("density", lambda r: f"{r.density:.3f}"), ("zeros", lambda r: str(r.zeros)),
+                 ("dense", lambda r: _fmt_bytes(r.bytes_dense))]
+        if "onnx_sparse" in self.files or "onnx_sparse" in self.file_sizes:
+            cols += [("sparse", lambda r: _fmt_bytes(r.bytes_sparse)),
+                     ("onnx", lambda r: "sparse" if r.stored_sparse else "dense")]
+        if self.weight_checks:
+            cols.append(("onnx check", lambda r: _check(r.match, r.pattern_ok)))
+        if self.lite_weight_checks:
+            lite = {m.name: m for m in self.lite_weight_checks}
+            cols.append(("lite check", lambda r: _check(getattr(lite.get(r.name), "how", None),
+                                                        getattr(lite.get(r.name), "pattern_ok", None))))
+        return cols
+
     def format_table(self, max_rows: Optional[int] = None) -> str:
-        """Per-weight table, totals, file sizes and the verification verdict as plain text."""
-        head = ("weight", "shape", "density", "zeros", "dense", "sparse", "onnx", "check")
-        lines = []
+        """Per-weight table (in model order; only the columns that apply), totals, file sizes and the
+        verification verdict as plain text."""
+        cols = self._columns()
+        head = tuple(h for h, _ in cols)
         rows = self.rows if max_rows is None else self.rows[:max_rows]
-        table = []
-        for r in rows:
-            check = "-" if r.match is None and not self.verified else (
-                "MISSING" if r.match is None else ("ok" if r.pattern_ok else "ZEROS DIFFER"))
-            if r.match and r.match != "name":
-                check += f" ({r.match})"
-            table.append((r.name, "x".join(map(str, r.shape)), f"{r.density:.3f}", str(r.zeros),
-                          _fmt_bytes(r.bytes_dense), _fmt_bytes(r.bytes_sparse),
-                          "sparse" if r.stored_sparse else "dense", check))
+        table = [tuple(cell(r) for _, cell in cols) for r in rows]
+        left = {"weight", "layer", "shape", "onnx", "onnx check", "lite check"}
         widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(head)]
-        fmt = "  ".join(f"{{:{'<' if i in (0, 1, 6, 7) else '>'}{w}}}" for i, w in enumerate(widths))
-        lines.append(fmt.format(*head))
-        lines.append("  ".join("-" * w for w in widths))
-        lines.extend(fmt.format(*t) for t in table)
+        fmt = "  ".join(f"{{:{'<' if h in left else '>'}{w}}}" for h, w in zip(head, widths))
+        lines = [fmt.format(*head).rstrip(), "  ".join("-" * w for w in widths)]
+        lines.extend(fmt.format(*t).rstrip() for t in table)
         if max_rows is not None and len(self.rows) > max_rows:
             lines.append(f"... {len(self.rows) - max_rows} more weights")
         nz = sum(r.nonzeros for r in self.rows)

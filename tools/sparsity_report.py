@@ -25,7 +25,7 @@ from typing import Any, ContextManager, Dict, List, Mapping, Optional, Sequence,
 import numpy as np
 
 __all__ = ["LayerStat", "SparsityReport", "sparsity_report", "load_weights", "unpack_mask", "schedule_points",
-           "static_mode", "load_inference_model", "is_legacy_program", "MASK_SUFFIX"]
+           "static_mode", "load_inference_model", "is_legacy_program", "in_model_order", "MASK_SUFFIX"]
 
 MASK_SUFFIX = "_mask"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -170,6 +170,23 @@ def load_inference_model(prefix: PathLike) -> Tuple[Any, Any, bool]:
     return program, scope, legacy
 
 
+def in_model_order(program: Any, names: Sequence[str]) -> List[str]:
+    """``names`` (weights of ``program``) in the order the program's ops first read them - the model's order,
+    which ``all_parameters()`` (reversed on a loaded PIR model) is not; unread ones last, as given."""
+    legacy = is_legacy_program(program)
+    wanted, seen = set(names), {}
+    for op in program.global_block().ops:
+        if legacy:
+            reads = [n for slot in op.input_names for n in op.input(slot)]
+        else:
+            defs = [v.get_defining_op() for v in op.operands_source()]
+            reads = [d.attrs().get("parameter_name") for d in defs if d is not None and d.name() == "builtin.parameter"]
+        for n in reads:
+            if n in wanted:
+                seen.setdefault(n, len(seen))
+    return sorted(names, key=lambda n: seen.get(n, len(seen)))
+
+
 def _program_weights(program: Any, scope: Any) -> Dict[str, np.ndarray]:
     import paddle
 
@@ -179,6 +196,7 @@ def _program_weights(program: Any, scope: Any) -> Dict[str, np.ndarray]:
     names = [p.name for p in block.all_parameters()]
     if legacy and not names:  # a loaded legacy inference model: persistable dense tensors
         names = [n for n, v in block.vars.items() if v.persistable and n not in ("feed", "fetch")]
+    names = in_model_order(program, names)
     out = {}
     for n in names:
         var = scope.find_var(n)

@@ -1,6 +1,7 @@
 """The public export functions: a dygraph layer, a dygraph checkpoint, a static program or inference model."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -16,7 +17,7 @@ from .checks import verify_lite, verify_onnx
 from .errors import ExportError, one_line
 from .extras import require_extra
 from .folding import folded_layer, folded_program
-from .layout import lite_prefix, model_prefix
+from .layout import lite_prefix, model_prefix, report_path
 from .lite import save_lite_layer
 from .loading import SavedModel, build_network, load_checkpoint, model_files
 from .pipeline import LiteResult, Timer, finish
@@ -201,6 +202,17 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
         return finish(tmp, final, opts, legacy, timer)
 
 
+def _structured_names(report_file: str) -> Optional[Dict[str, str]]:
+    """Paddle name -> structured name, in model order, from an export's report (None if it has none)."""
+    try:
+        with open(report_file, encoding="utf-8") as f:
+            layers = json.load(f).get("layers") or []
+        names = {r["name"]: r["layer"] for r in layers if r.get("layer")}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return names or None
+
+
 def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol: float = 1e-5) -> ExportReport:
     """Re-verify an existing export directory: the Paddle model against ``NAME.onnx``, ``NAME.sparse.onnx`` and
     ``lite/NAME.pdmodel``, whichever exist; writes nothing."""
@@ -215,7 +227,7 @@ def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol
     saved = SavedModel(prefix, legacy)
     report = ExportReport(name=name, out_dir=out_dir, target="all" if has_onnx and has_lite else
                           ("onnx" if has_onnx else "lite"))
-    report.rows = layer_rows(saved.weights)
+    report.rows = layer_rows(saved.weights, _structured_names(report_path(out_dir, name)))
     report.files = {"paddle_model": model_file, "paddle_params": params_file}
     if has_lite:
         report.files.update(lite_model=lite + ".pdmodel", lite_params=lite + ".pdiparams")

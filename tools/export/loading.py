@@ -14,6 +14,7 @@ from paddleslim_static.core.naming import is_mask_name, masked_name
 from paddleslim_static.core.packing import is_packed_mask, unpack_mask
 from paddleslim_static.programs import static_mode
 
+from ..sparsity_report import in_model_order
 from .errors import ExportError, one_line
 from .specs import np_dtype
 
@@ -175,7 +176,8 @@ class SavedModel:
             self.exe = paddle.static.Executor(paddle.CPUPlace())
             self.program, self.feed_names, self.fetch = paddle.static.load_inference_model(prefix, self.exe)
             block = self.program.global_block()
-            self.params = legacy_persistables(block) if legacy else [p.name for p in block.all_parameters()]
+            self.params = in_model_order(self.program, legacy_persistables(block) if legacy
+                                         else [p.name for p in block.all_parameters()])
             if legacy:
                 self.op_names = [op.type for op in block.ops]
                 self.var_names = list(block.vars)
