@@ -395,8 +395,8 @@ class Pruner:
         return g, {n: floor_scores[n] for n in pinned}
 
     def _note_protected(self, names: List[str]) -> None:
-        """Remember the layers this selection kept at their floor (in force once the step commits)."""
-        self._pending_protected = list(names)
+        """Remember the layers this selection kept at their floor (in force once the step commits), by name."""
+        self._pending_protected = sorted(names)
 
     def _fill(self, weights: Arrays, masks: Arrays, threshold: float, thresholds: Mapping[str, float], apply: bool,
               sources: Optional[engine.Sources] = None) -> None:
