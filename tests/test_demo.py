@@ -161,7 +161,7 @@ def test_mnist_28x28_exports_faithfully_and_checkpoint_reexports(tmp_path, capsy
     rc = demo.main(argv)
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert "verification: passed" in text and "image:1x1x28x28" in text
+    assert "verification: passed" in text and "image:?x1x28x28" in text
     assert "paddleslim_tools.demo:mnist_cnn" in text
     m = re.search(r"exported (\d+) files to (\S+): (.*)", text)
     assert m and m.group(2) == str((out_dir / "export").resolve())
@@ -171,6 +171,20 @@ def test_mnist_28x28_exports_faithfully_and_checkpoint_reexports(tmp_path, capsy
     rep = export_checkpoint(str(out_dir / "mnist_cnn.pdparams"), "paddleslim_tools.demo:mnist_cnn",
                             [paddle.static.InputSpec([None, 1, 28, 28], "float32", "image")], str(tmp_path / "re"))
     assert rep.ok
+    # the printed re-export command, run as printed, reproduces the demo's export: same files, same dynamic-batch
+    # input, same weights
+    cmd = re.search(r"re-export the checkpoint: (.*)", text).group(1)
+    assert cmd == json.loads((out_dir / "results.json").read_text())["export_command"]
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    first, again = out_dir / "export", out_dir / "export2"
+    assert sorted(os.listdir(again)) == sorted(os.listdir(first))
+    for d in (first, again):
+        layer = paddle.jit.load(str(d / "mnist_cnn"))
+        assert layer(paddle.zeros([3, 1, 28, 28])).shape == [3, 10]  # batch 3: the batch is dynamic
+    a, b = (json.loads((d / "mnist_cnn_report.json").read_text())["layers"] for d in (first, again))
+    assert [(r["name"], r["nonzeros"]) for r in a] == [(r["name"], r["nonzeros"]) for r in b]
 
 
 @pytest.mark.skipif(not HAS_MPL, reason="matplotlib (the plot extra) not installed")
@@ -228,4 +242,17 @@ def test_missing_matplotlib_is_one_line_before_training(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     err = [ln for ln in p.stderr.splitlines() if "paddleslim-demo" in ln]
     assert p.returncode == 2 and len(err) == 1 and "[plot]" in err[0] and "--no-plots" in err[0], p.stderr
+    assert "epoch" not in p.stdout and not (tmp_path / "o").exists()
+
+
+def test_every_missing_extra_named_in_one_line_before_training(tmp_path):
+    """Plots and export both needed, matplotlib and onnx missing: one line names both, with both ways out."""
+    code = ("import sys; sys.modules['matplotlib'] = None; sys.modules['onnx'] = None\n"
+            "from paddleslim_tools.demo import main\n"
+            f"sys.exit(main(['--out-dir', {str(tmp_path / 'o')!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    err = [ln for ln in p.stderr.splitlines() if "paddleslim-demo" in ln]
+    assert p.returncode == 2 and len(err) == 1, p.stderr
+    assert "plot extra: matplotlib" in err[0] and "export extra: onnx" in err[0], err
+    assert '"paddleslim-sparsity[plot,export]"' in err[0] and "--no-plots --no-export" in err[0], err
     assert "epoch" not in p.stdout and not (tmp_path / "o").exists()

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -217,9 +218,16 @@ def _write_files(result: DemoResult, model: paddle.nn.Layer, report: Any, args: 
 
 
 def _export_command(result: DemoResult, out_dir: Path) -> str:
+    """The command that re-exports the checkpoint as the demo's export did: same network, input spec (dynamic
+    batch), file names."""
     h, w = result.image_shape
-    return (f"paddleslim-export --checkpoint {result.files['checkpoint']} {_builder(result.image_shape)} "
-            f"--input image:1x1x{h}x{w}:float32 --out {out_dir}")
+    return (f"paddleslim-export --checkpoint {shlex.quote(result.files['checkpoint'])} {_builder(result.image_shape)} "
+            f"--input 'image:?x1x{h}x{w}:float32' --name {_export_name(result.dataset)} "
+            f"--out {shlex.quote(str(out_dir))}")
+
+
+def _export_name(dataset: str) -> str:
+    return f"{dataset}_cnn"
 
 
 class _StepLog(logging.Handler):
@@ -253,7 +261,7 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> 
         lg.setLevel(logging.INFO)
         lg.propagate = False
     try:
-        report = export_layer(model, spec, str(out_dir), name=f"{data.name}_cnn")
+        report = export_layer(model, spec, str(out_dir), name=_export_name(data.name))
     finally:
         for lg, (level, propagate) in zip(loggers, saved):
             lg.removeHandler(handler)
@@ -266,6 +274,24 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> 
     out(f"exported {len(report.files)} files to {Path(out_dir).resolve()}: "
         + ", ".join(Path(p).name for _, p in sorted(report.files.items())), always=True)
     return bool(report.ok)
+
+
+def missing_extras(plots: bool = True, export: bool = True) -> Optional[str]:
+    """One line naming every missing module of the extras the run needs (``plot``: matplotlib; ``export``: onnx,
+    onnxruntime, paddle2onnx) and how to install them or do without, or None when nothing is missing."""
+    from .export.extras import EXTRA_MODULES, missing_extra
+
+    need = [("plot", "--no-plots", ["matplotlib"] if plots else []),
+            ("export", "--no-export", list(EXTRA_MODULES) if export else [])]
+    gaps = [(extra, flag, missing_extra(mods)) for extra, flag, mods in need]
+    gaps = [(extra, flag, mods) for extra, flag, mods in gaps if mods]
+    if not gaps:
+        return None
+    what = "; ".join(f"{extra} extra: " + ", ".join(mods) for extra, _, mods in gaps)
+    extras = ",".join(extra for extra, _, _ in gaps)
+    flags = " ".join(flag for _, flag, _ in gaps)
+    return f'missing {what}: pip install "paddleslim-sparsity[{extras}]", or pass {flags}'
+
 
 
 class _UsageError(Exception):
@@ -323,18 +349,9 @@ def _check_args(args: argparse.Namespace) -> None:
     for sub in ("export",) if not args.no_export else ():
         if (out_dir / sub).exists() and not (out_dir / sub).is_dir():
             raise ValueError(f"--out-dir {str(out_dir)!r}: {str(out_dir / sub)!r} exists and is not a directory")
-    if not args.no_plots:
-        from .plots import require_matplotlib
-        try:
-            require_matplotlib()
-        except ImportError as e:
-            raise ValueError(str(e)) from None
-    if not args.no_export:
-        try:
-            from paddleslim_tools.export import export_layer  # noqa: F401
-        except ImportError as e:
-            raise ValueError(f"the export needs the export extra (pip install \"paddleslim-sparsity[export]\"), "
-                             f"or pass --no-export ({e})") from None
+    missing = missing_extras(plots=not args.no_plots, export=not args.no_export)
+    if missing:
+        raise ValueError(missing)
 
 
 def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) -> int:

@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-threshold", type=float, default=None, metavar="F",
                    help="Paddle Lite opt's --sparse_threshold (default 0.6)")
     p.add_argument("--history", default=None, metavar="JSON",
-                   help="GMP history {'schedule': [[it, ratio], ...], 'measured': [[it, sparsity], ...]}")
+                   help="GMP history {'schedule': [[it, ratio], ...], 'measured': [[it, sparsity], ...]}, or a "
+                        "sparsity.json that carries one (the demo writes out/sparsity.json)")
     p.add_argument("--out", default=None, metavar="DIR", help="write NAME.txt, NAME.json and PNGs here")
     p.add_argument("--name", default="sparsity", help="file name stem (default: sparsity)")
     p.add_argument("--no-plots", action="store_true", help="no PNGs (matplotlib not needed)")

@@ -310,8 +310,11 @@ def sparsity_report(source: Any, *, scope: Any = None, pruner: Any = None,
     ``pruner`` (dygraph or static, optional) marks which weights are prunable and gives the thresholds; without
     it, weights with a ``<name>_mask`` (buffer, scope variable or checkpoint entry) count as prunable when any
     exists. ``history`` (optional): ``{"schedule": [[iteration, ratio], ...], "measured": [[iteration,
-    sparsity], ...]}`` for the schedule plot (see :func:`schedule_points`).
+    sparsity], ...]}`` for the schedule plot (see :func:`schedule_points`), or a report that carries one under
+    ``"history"`` (the ``sparsity.json`` the demo and :meth:`SparsityReport.write` write).
     """
+    if isinstance(history, Mapping) and isinstance(history.get("history"), Mapping):
+        history = history["history"]
     if history is not None:
         if not isinstance(history, Mapping) or not any(k in history for k in ("schedule", "measured")):
             raise ValueError(f"history must be a dict with 'schedule' and/or 'measured' lists; got {history!r:.80}")

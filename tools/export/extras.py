@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import List
+from typing import List, Sequence
 
 __all__ = ["EXTRA_MODULES", "INSTALL_EXTRA", "missing_extra", "require_extra"]
 
@@ -10,10 +10,10 @@ EXTRA_MODULES = ("onnx", "onnxruntime", "paddle2onnx")
 INSTALL_EXTRA = 'pip install "paddleslim-sparsity[export]"'
 
 
-def missing_extra() -> List[str]:
-    """The modules of the ``export`` extra that cannot be imported here."""
+def missing_extra(modules: Sequence[str] = EXTRA_MODULES) -> List[str]:
+    """The modules of the ``export`` extra (or of ``modules``) that cannot be imported here."""
     missing = []
-    for m in EXTRA_MODULES:
+    for m in modules:
         try:
             if importlib.util.find_spec(m) is None:
                 missing.append(m)
