@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -57,7 +58,9 @@ def paddle_stamp() -> Dict[str, str]:
 
 def _command(cxx: str, out: Path) -> List[str]:
     import paddle
-    from paddle.utils.cpp_extension.extension_utils import find_paddle_includes
+    with warnings.catch_warnings():  # Paddle warns about ccache at import; the library prints nothing
+        warnings.simplefilter("ignore")
+        from paddle.utils.cpp_extension.extension_utils import find_paddle_includes
 
     base = Path(paddle.__file__).resolve().parent / "base"  # where libpaddle.so lives
     includes = list(find_paddle_includes()) + [sysconfig.get_paths()["include"]]

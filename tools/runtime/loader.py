@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -42,11 +43,20 @@ class Library:
     _handle: ctypes.CDLL
 
     def set_num_threads(self, n: int) -> None:
-        """Threads the sparse operators use from now on in this process (1 = the caller's thread only)."""
-        self._handle.paddleslim_sparse_set_num_threads(int(n))
+        """Force ``n`` threads for every sparse operator call in this process; ``0`` (the default) follows Paddle's
+        setting for the calling thread: a predictor's ``set_cpu_math_library_num_threads``, else
+        ``OMP_NUM_THREADS``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0; got {n!r}")
+        self._handle.paddleslim_sparse_set_num_threads(n)
 
     def num_threads(self) -> int:
+        """The forced thread count (0: following Paddle's setting)."""
         return int(self._handle.paddleslim_sparse_num_threads())
+
+    def last_call_threads(self) -> int:
+        """Threads the last sparse operator call of the process used (small calls use one)."""
+        return int(self._handle.paddleslim_sparse_last_threads())
 
 
 _lock = threading.Lock()
@@ -105,7 +115,9 @@ def kernels_status() -> str:
 
 def _find_or_build() -> Library:
     import paddle  # noqa: F401  (maps libpaddle.so, which the library links against)
-    from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
+    with warnings.catch_warnings():  # Paddle warns about ccache at import; the library prints nothing
+        warnings.simplefilter("ignore")
+        from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
 
     if _valid(_INSTALLED):
         path, origin = _INSTALLED / LIB_NAME, "installed"
@@ -120,6 +132,7 @@ def _find_or_build() -> Library:
     handle = ctypes.CDLL(str(path))
     handle.paddleslim_sparse_isa.restype = ctypes.c_char_p
     handle.paddleslim_sparse_num_threads.restype = ctypes.c_int
+    handle.paddleslim_sparse_last_threads.restype = ctypes.c_int
     lib = Library(path=path, isa=handle.paddleslim_sparse_isa().decode(), origin=origin, _handle=handle)
     _log.debug("loaded %s (%s, %s)", path, lib.isa, origin)
     return lib

@@ -65,7 +65,7 @@ def create_predictor(model_file: PathLike, params_file: PathLike, threads: int =
 
     if uses_sparse_ops(model_file):
         try:
-            load_library().set_num_threads(threads)
+            load_library()  # the operators follow this predictor's thread setting at run time
         except KernelsUnavailable as exc:
             raise KernelsUnavailable(f"{model_file} needs the sparse CPU operators, but {exc}") from None
     config = paddle_infer.Config(str(model_file), str(params_file))

@@ -3,6 +3,7 @@
 // per process from the CPU (PADDLESLIM_SPARSE_ISA=portable|avx2|avx512 overrides, for tests).
 // Threads: std::thread workers (no OpenMP: a second OpenMP runtime next to Paddle's spins against it); the count is
 // set by paddleslim_sparse_set_num_threads() (paddleslim_tools.runtime.create_predictor passes its `threads`).
+#include <dlfcn.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -87,16 +88,36 @@ const Isa& isa() {
   return chosen;
 }
 
-std::atomic<int> g_threads{1};
+std::atomic<int> g_threads{0};  // 0: follow Paddle's thread setting (see threads_for_call)
+std::atomic<int> g_last_threads{0};
+
+// The thread count Paddle set for the calling thread: Paddle Inference applies the predictor's
+// set_cpu_math_library_num_threads() through its OpenMP runtime before it runs the program, and eager Paddle uses
+// OMP_NUM_THREADS. The runtime is looked up in libpaddle.so's own dependencies (dlsym, no link to any OpenMP: a
+// second OpenMP runtime in the process made everything slower).
+int paddle_threads() {
+  using Fn = int (*)();
+  static const Fn fn = [] {
+    void* h = dlopen("libpaddle.so", RTLD_NOLOAD | RTLD_LAZY);
+    return h ? reinterpret_cast<Fn>(dlsym(h, "omp_get_max_threads")) : nullptr;
+  }();
+  return fn ? fn() : 1;
+}
+
+int threads_for_call() {
+  const int forced = g_threads.load(std::memory_order_relaxed);
+  return std::max(1, forced > 0 ? forced : paddle_threads());
+}
 
 // Rows [0, rows) split into `parts` ranges of about equal nonzeros (+ a row's fixed cost), run on parts threads.
 template <typename F>
 void parallel_rows(const int32_t* rp, int64_t rows, int64_t work_per_nnz, F&& fn) {
   const int64_t nnz = rp[rows];
-  int parts = std::max(1, g_threads.load(std::memory_order_relaxed));
-  // below ~64k multiply-adds per part a thread costs more than it saves
+  int parts = threads_for_call();
+  // below ~256k multiply-adds per part, starting a thread costs about what it saves
   const int64_t work = (nnz + rows) * std::max<int64_t>(1, work_per_nnz);
-  parts = static_cast<int>(std::min<int64_t>(parts, std::max<int64_t>(1, work / 65536)));
+  parts = static_cast<int>(std::min<int64_t>(parts, std::max<int64_t>(1, work / 262144)));
+  g_last_threads.store(parts, std::memory_order_relaxed);
   if (parts <= 1) {
     fn(0, rows);
     return;
@@ -276,9 +297,12 @@ PD_BUILD_OP(paddleslim_sparse_conv1x1)
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out));
 
 extern "C" {
+// n >= 1: use n threads from now on; n == 0: follow Paddle's setting again (the default).
 __attribute__((visibility("default"))) void paddleslim_sparse_set_num_threads(int n) {
-  g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed);
+  g_threads.store(n < 0 ? 0 : n, std::memory_order_relaxed);
 }
 __attribute__((visibility("default"))) int paddleslim_sparse_num_threads() { return g_threads.load(); }
+// Threads the last operator call used (after the small-work cut-off): what tests can observe.
+__attribute__((visibility("default"))) int paddleslim_sparse_last_threads() { return g_last_threads.load(); }
 __attribute__((visibility("default"))) const char* paddleslim_sparse_isa() { return isa().name; }
 }

@@ -20,6 +20,39 @@ static inline V load(const float* p) {
 template <typename V>
 static inline void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 
+#if defined(PSL_GATHER512)
+template <typename Idx>
+static inline __m512i load_idx16(const Idx* p, __mmask16 m) {
+  if (sizeof(Idx) == 2) return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_maskz_loadu_epi32(m, p);
+}
+
+// AVX-512: 16 gathered inputs per instruction, two chains, a masked last group (no scalar tail); the nonzeros
+// stream is prefetched ~2 KiB ahead (it is the one thing this loop waits for).
+template <typename Idx>
+static void spmv_rows(const int32_t* rp, const Idx* cols, const float* vals, const float* bias, const float* x,
+                      float* y, int64_t r0, int64_t r1) {
+  for (int64_t o = r0; o < r1; ++o) {
+    int64_t k = rp[o];
+    const int64_t end = rp[o + 1];
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (; k + 32 <= end; k += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(vals + k + 512), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(cols + k + 512), _MM_HINT_T0);
+      const __m512i i0 = load_idx16(cols + k, 0xFFFF), i1 = load_idx16(cols + k + 16, 0xFFFF);
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + k), _mm512_i32gather_ps(i0, x, 4), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + k + 16), _mm512_i32gather_ps(i1, x, 4), a1);
+    }
+    for (; k < end; k += 16) {
+      const __mmask16 m = end - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (end - k)) - 1);
+      const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, load_idx16(cols + k, m), x, 4);
+      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vals + k), xv, a0);
+    }
+    y[o] = bias[o] + _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  }
+}
+#else
+// Scalar loads with 8 partial sums: faster than compiler-generated 8-lane gathers on the machines measured.
 template <typename Idx>
 static void spmv_rows(const int32_t* rp, const Idx* cols, const float* vals, const float* bias, const float* x,
                       float* y, int64_t r0, int64_t r1) {
@@ -27,22 +60,6 @@ static void spmv_rows(const int32_t* rp, const Idx* cols, const float* vals, con
     int64_t k = rp[o];
     const int64_t end = rp[o + 1];
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f, s5 = 0.f, s6 = 0.f, s7 = 0.f;
-#if defined(PSL_GATHER512)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    for (; k + 32 <= end; k += 32) {
-      __m512i i0, i1;
-      if (sizeof(Idx) == 2) {
-        i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + k)));
-        i1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + k + 16)));
-      } else {
-        i0 = _mm512_loadu_si512(cols + k);
-        i1 = _mm512_loadu_si512(cols + k + 16);
-      }
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + k), _mm512_i32gather_ps(i0, x, 4), a0);
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + k + 16), _mm512_i32gather_ps(i1, x, 4), a1);
-    }
-    s0 = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-#endif
     for (; k + 8 <= end; k += 8) {
       s0 += vals[k] * x[cols[k]];
       s1 += vals[k + 1] * x[cols[k + 1]];
@@ -57,6 +74,7 @@ static void spmv_rows(const int32_t* rp, const Idx* cols, const float* vals, con
     y[o] = bias[o] + (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)));
   }
 }
+#endif
 
 // Y[o, 0:NV*VL) for rows [r0, r1): a panel of NV vectors per row, U nonzeros in flight (NV * U accumulators).
 template <typename V, typename Idx, int NV, int U>
