@@ -66,6 +66,8 @@ def test_digits_run_prunes_to_90_percent_and_writes_its_files(tmp_path, capsys):
     assert rep["accuracy"]["dense"] == pytest.approx(dense_acc, abs=1e-4)
     assert rep["history"]["schedule"][-1][1] == pytest.approx(0.9) and len(rep["history"]["measured"]) >= 6
     assert rep["deployment"]["summary"].startswith("Nothing in this model")
+    assert "not a speed-up" in rep["deployment"]["scope"]["flop_share"]
+    assert re.search(r"deployment: Nothing in this model.*About ARM CPUs.*not a speed-up", text)
     for path in re.findall(r"wrote \w+: (\S+)", text):
         assert os.path.isfile(path)
     # the checkpoint is plain (finalized: no mask entries) and has the pruned zeros

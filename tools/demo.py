@@ -199,7 +199,7 @@ def _builder(shape: Tuple[int, int]) -> str:
 
 def _write_files(result: DemoResult, model: paddle.nn.Layer, report: Any, args: argparse.Namespace,
                  out: _Out) -> None:
-    from .deployment import deployment_report
+    from .deployment import SCOPE_NOTE, deployment_report
 
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def _write_files(result: DemoResult, model: paddle.nn.Layer, report: Any, args: 
     report.extra["accuracy"] = {"dense": result.dense_accuracy, "sparse": result.sparse_accuracy}
     result.files.update(report.write(out_dir, "sparsity", plots=not args.no_plots))
     result.files["checkpoint"] = str(ckpt)
-    out(f"deployment: {dep.summary()}", always=True)
+    out(f"deployment: {dep.summary()} {SCOPE_NOTE}", always=True)
 
 
 def _export_command(result: DemoResult, out_dir: Path) -> str:

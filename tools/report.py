@@ -177,7 +177,9 @@ class ExportReport:
             lines.append(f"output {c.name} [{c.what}]: max abs err {c.max_abs_err:.3g}, "
                          f"max rel err {c.max_rel_err:.3g} -> {'ok' if c.ok else 'FAIL'}")
         if self.deployment:
-            lines.append(f"deployment: {self.deployment.get('summary')}")
+            from .deployment import SCOPE_NOTE
+
+            lines.append(f"deployment: {self.deployment.get('summary')} {SCOPE_NOTE}")
         if self.lite_command:
             lines.append(f"Paddle Lite (sparse kernels): {self.lite_command}")
         for w in self.warnings:
