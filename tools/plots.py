@@ -1,6 +1,6 @@
 """PNG plots of a sparsity report (matplotlib, the optional ``plot`` extra; Agg backend, no display needed).
 
-* ``<stem>_density.png``   - per-weight density bars (prunable weights dark, the others light);
+* ``<stem>_density.png``   - per-weight density bars of the prunable weights (or all), at most 960 px high;
 * ``<stem>_schedule.png``  - the GMP schedule against iterations with the measured sparsity on top (when the
   report has a history);
 * ``<stem>_histogram.png`` - histogram of |w| of the prunable weights (log scale) with the threshold.
@@ -8,14 +8,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .sparsity_report import SparsityReport
+    from .sparsity_report import LayerStat, SparsityReport
 
-__all__ = ["require_matplotlib", "plot_density", "plot_schedule", "plot_histogram", "write_plots", "PLOT_EXTRA_HINT"]
+__all__ = ["require_matplotlib", "density_rows", "density_figure", "plot_density", "plot_schedule", "plot_histogram",
+           "write_plots", "PLOT_EXTRA_HINT", "DENSITY_WEIGHTS"]
 
 PLOT_EXTRA_HINT = "plots need matplotlib: pip install \"paddleslim-sparsity[plot]\" (or pass --no-plots)"
 
@@ -32,28 +33,60 @@ def require_matplotlib() -> Any:
     return plt
 
 
-def plot_density(report: "SparsityReport", path: Union[str, Path]) -> str:
-    """Horizontal bars: density of every weight (with its shape), prunable ones highlighted."""
-    plt = require_matplotlib()
+DENSITY_WEIGHTS = ("prunable", "all")
+_MAX_HEIGHT_IN = 9.6  # 960 px at the 100 dpi the plots are saved with: one screen
+_MAX_LABELS = 60  # more rows than that: every k-th row is labelled
+
+
+def density_rows(report: "SparsityReport", weights: str = "prunable") -> List["LayerStat"]:
+    """The rows the density plot shows: ``"prunable"`` (default) the prunable weights - when nothing says which
+    are, the >= 2-D ones - or ``"all"``; every row when the selection is empty."""
+    if weights not in DENSITY_WEIGHTS:
+        raise ValueError(f"weights must be one of {list(DENSITY_WEIGHTS)}; got {weights!r}")
     rows = report.layers
-    labels = [f"{r.name}{f' ({r.layer})' if r.layer else ''}  {'x'.join(map(str, r.shape))}" for r in rows]
+    if weights == "prunable":
+        known = any(r.prunable is not None for r in rows)
+        picked = [r for r in rows if r.prunable] if known else [r for r in rows if len(r.shape) >= 2]
+        rows = picked or rows
+    return list(rows)
+
+
+def density_figure(report: "SparsityReport", weights: str = "prunable") -> Any:
+    """The density bars as a matplotlib figure, at most 960 px high whatever the number of weights."""
+    plt = require_matplotlib()
+    rows = density_rows(report, weights)
+    n = len(rows)
+    labels = [f"{r.layer or r.name}  {'x'.join(map(str, r.shape)) or 'scalar'}" for r in rows]
     colors = ["tab:blue" if r.prunable else ("tab:gray" if r.prunable is None else "lightgray") for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(rows)))
-    y = np.arange(len(rows))
-    ax.barh(y, [r.density for r in rows], color=colors)
-    for yi, r in zip(y, rows):
-        ax.text(min(r.density, 1.0) + 0.01, yi, f"{r.density:.3f}", va="center", fontsize=8)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.invert_yaxis()
+    height = min(_MAX_HEIGHT_IN, 1.4 + 0.26 * n)
+    fig, ax = plt.subplots(figsize=(8.5, height))
+    y = np.arange(n)
+    ax.barh(y, [r.density for r in rows], color=colors, height=0.8)
+    step = max(1, -(-n // _MAX_LABELS))
+    font = max(5.0, min(8.0, 0.75 * 72 * (height - 1.4) / max(1, -(-n // step))))
+    if step == 1 and n <= 40:
+        for yi, r in zip(y, rows):
+            ax.text(min(r.density, 1.0) + 0.01, yi, f"{r.density:.3f}", va="center", fontsize=font)
+    ax.set_yticks(y[::step], labels[::step], fontsize=font)
+    ax.set_ylim(n - 0.5, -0.5)
     ax.set_xlim(0, 1.12)
-    ax.set_xlabel("density (nonzero / all)")
+    ax.set_xlabel("density (nonzero / all)" + (f"; one label per {step} weights" if step > 1 else ""))
+    shown = "prunable weights" if weights == "prunable" and any(r.prunable for r in rows) else (
+        ">= 2-D weights" if weights == "prunable" and len(rows) < len(report.layers) else "weights")
+    title = f"density of {n} {shown}" + (f" (of {len(report.layers)})" if n < len(report.layers) else "")
     pd = report.prunable_density
-    title = f"per-weight density: all {report.density:.3f}"
-    if pd is not None:
-        title += f", prunable {pd:.3f} (dark bars)"
-    ax.set_title(title, fontsize=10)
+    sub = f"all weights {report.density:.3f}" + ("" if pd is None else f", prunable {pd:.3f}")
+    ax.set_title(f"{title}\n{sub}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_density(report: "SparsityReport", path: Union[str, Path], weights: str = "prunable") -> str:
+    """Horizontal bars: density of every prunable weight (``weights="all"``: every weight), structured name and
+    shape as labels, readable on one screen for any network (see :func:`density_figure`)."""
+    plt = require_matplotlib()
+    fig = density_figure(report, weights)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
@@ -120,10 +153,10 @@ def plot_histogram(report: "SparsityReport", path: Union[str, Path], bins: int =
 
 
 def write_plots(report: "SparsityReport", out_dir: Union[str, Path], stem: str = "sparsity",
-                history: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+                history: Optional[Dict[str, Any]] = None, density_weights: str = "prunable") -> Dict[str, str]:
     """All plots of ``report`` into ``out_dir``; returns {"density_png": path, ...}."""
     out = Path(out_dir)
-    files = {"density_png": plot_density(report, out / f"{stem}_density.png"),
+    files = {"density_png": plot_density(report, out / f"{stem}_density.png", density_weights),
              "histogram_png": plot_histogram(report, out / f"{stem}_histogram.png")}
     hist = history or report.history
     if hist:

@@ -95,8 +95,10 @@ class SparsityReport:
                 "prunable_density": self.prunable_density, "threshold": self.threshold,
                 "layers": [dataclasses.asdict(r) for r in self.layers], "history": self.history, **self.extra}
 
-    def write(self, out_dir: PathLike, stem: str = "sparsity", plots: bool = True) -> Dict[str, str]:
+    def write(self, out_dir: PathLike, stem: str = "sparsity", plots: bool = True,
+              density_weights: str = "prunable") -> Dict[str, str]:
         """Write ``stem.txt`` (the table), ``stem.json`` and, with ``plots``, the PNGs; returns kind -> path.
+        ``density_weights``: the density plot shows the ``"prunable"`` weights (default) or ``"all"``.
 
         Raises ImportError (one line naming the ``plot`` extra) when ``plots`` and matplotlib is missing;
         then nothing is written.
@@ -112,7 +114,7 @@ class SparsityReport:
                                        encoding="utf-8")
         if plots:
             from .plots import write_plots
-            files.update(write_plots(self, out, stem))
+            files.update(write_plots(self, out, stem, density_weights=density_weights))
         return files
 
 
