@@ -4,10 +4,10 @@ when forced), bit for bit what the numpy/C core (:mod:`paddleslim_static.core.en
 It takes ``paddle.Tensor`` weights and bool mask tensors (not host arrays) and never copies either to the host:
 
 * **ratio selection** is an exact radix selection over the 31-bit keys ``bits(float32(|w|))`` (the order of the
-  scores): three histograms (11, 10 and 10 bits) by ``paddle.bincount``, each narrowing to the bucket that holds
+  scores): two histograms (16 and 15 bits) by ``paddle.bincount``, each narrowing to the bucket that holds
   the k-th key, located on the device by a cumulative sum. Block scores are weighted by the elements each block
   stands for. Nothing is sorted; the only transfer is the final keys and a non-finite count (a few int64 scalars);
-  with ``collectives`` the three histograms (2049 int64 each) are summed across ranks on the host.
+  with ``collectives`` the two histograms (65536 + 32768 int64, 768 KiB) are summed across ranks on the host.
 * **block scores** are the float32-rounded float64 mean |w| summed in the core's order (a block's rows first, in
   row order, then its columns left to right); the edge blocks are zero-padded, which adds exact zeros.
 * **masks** compare the same keys with the threshold's key; applying one is an in-place multiply
@@ -17,7 +17,7 @@ It takes ``paddle.Tensor`` weights and bool mask tensors (not host arrays) and n
 * **NaN / Inf**: a ratio selection or summary that sees one raises
   :class:`~paddleslim_static.core.selection.NonFiniteScoreError` with the core's message; threshold masks keep NaN.
 
-Hints (warm starts) change only the speed of the core's selection; this one always makes three passes.
+Hints (warm starts) change only the speed of the core's selection; this one always makes two passes.
 
 >>> import numpy as np, paddle
 >>> from paddleslim_static.device_engine import PaddleEngine
@@ -48,8 +48,8 @@ ENGINE_ENV = "PADDLESLIM_ENGINE"
 Block = Tuple[int, int]
 Tensors = Mapping[str, paddle.Tensor]
 
-_PASSES = ((20, 11), (10, 10), (0, 10))  # (shift, bits): the 31 key bits, high to low
-_INF_BUCKET = 0x7F800000 >> 20  # first-pass buckets from here on hold Inf / NaN keys
+_PASSES = ((15, 16), (0, 15))  # (shift, bits): the 31 key bits, high to low, in two histogram passes
+_INF_BUCKET = 0x7F800000 >> 15  # first-pass buckets from here on hold Inf / NaN keys
 _INF_KEY = 0x7F800000
 _ABS = {"int16": 0x7FFF, "int32": 0x7FFFFFFF}
 
@@ -262,9 +262,8 @@ def use_device_engine(on_cpu: bool) -> bool:
     """Whether tensors on this place go to the Paddle engine: forced by ``PADDLESLIM_ENGINE``, otherwise for
     tensors off the CPU (on the CPU the numpy/C engine is faster and reads the tensors in place).
 
-    >>> import os; os.environ.pop(ENGINE_ENV, None) and None
-    >>> use_device_engine(on_cpu=True), use_device_engine(on_cpu=False)
-    (False, True)
+    >>> engine_name() in ("", "paddle", "numpy")
+    True
     """
     name = engine_name()
     return name == "paddle" if name else not on_cpu
@@ -281,7 +280,9 @@ def _hist(src: DeviceSource, shift: int, bits: int, prefix: Optional[paddle.Tens
     """Histogram (2**bits + 1 bins, the last for keys outside ``prefix``) of the ``bits`` key bits above ``shift``
     of the keys whose higher bits equal ``prefix``; weighted by block sizes. int64 on the device."""
     keys = src.keys()
-    idx = _low_bits(_shift(keys, shift), bits)
+    idx = _shift(keys, shift)
+    if shift + bits < 31:
+        idx = _low_bits(idx, bits)
     if prefix is not None:
         inside = paddle.equal(_shift(keys, shift + bits), prefix.astype("int32"))
         idx = paddle.where(inside, idx, paddle.full_like(idx, 1 << bits))
@@ -305,48 +306,47 @@ def _select_each(srcs: Sequence[DeviceSource], ks: Sequence[int], stats: Optiona
     out = [_INF_KEY] * len(srcs)
     if not live:
         return out
-    ref = srcs[live[0]].weight
-    r = paddle.concat([_const(ref, ks[i], "int64").reshape([1]) for i in live])  # built on the device
+    found = [_select_on_device([srcs[i]], ks[i]) for i in live]  # (key, non-finite count) tensors per source
+    got = paddle.concat([t for pair in found for t in pair]).numpy()  # the one transfer for all of them
+    _count(stats, len(_PASSES), got.nbytes)
+    for j, i in enumerate(live):
+        if got[2 * j + 1]:
+            _raise_nonfinite([srcs[i]], srcs[i].total)
+        out[i] = int(got[2 * j])
+    return out
+
+
+def _select_on_device(srcs: Sequence[DeviceSource], k: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """(key of the k-th smallest score over ``srcs``, number of non-finite scores), both shape-[1] int64 tensors on
+    the device: one histogram per pass, the bucket located by a cumulative sum there."""
+    r = _const(srcs[0].weight, k, "int64").reshape([1])
     prefix = paddle.zeros_like(r)
-    bad = None
+    bad = r
     for p, (shift, bits) in enumerate(_PASSES):
-        rows = [_hist(srcs[i], shift, bits, None if p == 0 else prefix[j]) for j, i in enumerate(live)]
-        hist = paddle.stack(rows)
+        hists = [_hist(s, shift, bits, None if p == 0 else prefix[0]) for s in srcs]
+        hist = (hists[0] if len(hists) == 1 else paddle.add_n(hists)).unsqueeze(0)
         if p == 0:
             bad = paddle.sum(hist[:, _INF_BUCKET: 1 << bits], axis=1)
         r, prefix = _locate(hist, r, prefix, bits)
-    got = paddle.concat([prefix, bad]).numpy()  # the one transfer: the keys and the non-finite counts
-    _count(stats, len(_PASSES), got.nbytes)
-    for j, i in enumerate(live):
-        if got[len(live) + j]:
-            _raise_nonfinite([srcs[i]], srcs[i].total)
-        out[i] = int(got[j])
-    return out
+    return prefix, bad
 
 
 def _select_global(srcs: Sequence[DeviceSource], k: int, total: int, comm: Any, stats: Optional[dict]) -> int:
     """The k-th smallest key over all sources (of all ranks with ``comm``)."""
     srcs = [s for s in srcs if s.total]
     if comm is SOLO:
-        r = _const(srcs[0].weight, k, "int64").reshape([1])
-        prefix = paddle.zeros_like(r)
-        bad = None
-        for p, (shift, bits) in enumerate(_PASSES):
-            hist = paddle.add_n([_hist(s, shift, bits, None if p == 0 else prefix[0]) for s in srcs]).unsqueeze(0)
-            if p == 0:
-                bad = paddle.sum(hist[:, _INF_BUCKET: 1 << bits], axis=1)
-            r, prefix = _locate(hist, r, prefix, bits)
-        got = paddle.concat([prefix, bad]).numpy()
+        got = paddle.concat(_select_on_device(srcs, k)).numpy()
         _count(stats, len(_PASSES), got.nbytes)
         if got[1]:
             _raise_nonfinite(srcs, total)
         return int(got[0])
-    # across ranks: each pass's histogram goes through the collectives (summed on the host, 2049 int64)
+    # across ranks: each pass's histogram is summed through the collectives on the host (65536 + 32768 int64)
     r_host, prefix_host, moved = k, 0, 0
     for p, (shift, bits) in enumerate(_PASSES):
         if srcs:
             pre = None if p == 0 else _const(srcs[0].weight, prefix_host, "int64")
-            local = paddle.add_n([_hist(s, shift, bits, pre) for s in srcs]).numpy()
+            hists = [_hist(s, shift, bits, pre) for s in srcs]
+            local = (hists[0] if len(hists) == 1 else paddle.add_n(hists)).numpy()
         else:
             local = np.zeros((1 << bits) + 1, np.int64)
         moved += 2 * local.nbytes
