@@ -210,3 +210,23 @@ def test_static_uniform_keeps_one_threshold_variable_per_parameter():
         v = np.array(s.scope.find_var(threshold_var_name(n)).get_tensor())
         assert np.float32(v) == np.float32(t)
     paddle.disable_static()
+
+
+@pytest.mark.parametrize("mode", [Dygraph, Static], ids=["dygraph", "static"])
+def test_the_sparsity_report_flags_empty_and_near_empty_layers(mode):
+    from paddleslim_tools.sparsity_report import sparsity_report
+    d = Dygraph(NETS["mlp"], 0)
+    ws = [p for p in d.model.parameters() if len(p.shape) > 1]  # 16x32, 32x24, 24x10
+    ws[0].set_value((ws[0].numpy() * 1e-3).astype(np.float32))  # below the threshold everywhere: emptied
+    ws[1].set_value(np.where(np.arange(ws[1].size).reshape(ws[1].shape) == 0, 1.0, 0.05).astype(np.float32))
+    m = d if mode is Dygraph else Static(NETS["mlp"], 0, twin=d)
+    pruner = m.pruner(mode="threshold", threshold=0.1)  # threshold mode: the user's threshold, no guard
+    pruner.update_params()
+    source = d.model if mode is Dygraph else m.net.main
+    rep = sparsity_report(source, pruner=pruner, **({} if mode is Dygraph else {"scope": m.scope}))
+    flags = {f["name"]: (f["flag"], f["nonzeros"]) for f in rep.flags()}
+    assert flags[ws[0].name] == ("empty", 0) and flags[ws[1].name] == ("near-empty", 1)
+    assert ws[2].name not in flags
+    table = rep.format_table()
+    assert f"EMPTY: {ws[0].name} keeps 0 of 512 weights" in table and f"NEAR-EMPTY: {ws[1].name}" in table
+    assert rep.to_dict()["flags"] == rep.flags()

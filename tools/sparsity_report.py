@@ -28,6 +28,7 @@ __all__ = ["LayerStat", "SparsityReport", "sparsity_report", "load_weights", "un
            "static_mode", "load_inference_model", "is_legacy_program", "in_model_order", "MASK_SUFFIX"]
 
 MASK_SUFFIX = "_mask"
+NEAR_EMPTY = 0.1  # a layer below this fraction of the model's prunable density is flagged near-empty
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -71,6 +72,29 @@ class SparsityReport:
         size = sum(r.size for r in rows)
         return sum(r.nonzeros for r in rows) / size if size else None
 
+    def flags(self) -> List[Dict[str, Any]]:
+        """Layers that lost (almost) everything: ``empty`` (no nonzero weight) or ``near-empty`` (density below
+        ``NEAR_EMPTY`` times the prunable density of the model). Checked over the prunable weights, or, when
+        nothing says which are prunable, over the weights of rank >= 2. A collapsed layer often means a model
+        that outputs one class; ``sparsity_allocation='erk'`` / ``min_density`` keep layers away from it.
+
+        >>> rep = SparsityReport("m", "model", [LayerStat("a", [4, 4], "float32", 16, 0, 0.0, prunable=True),
+        ...                                     LayerStat("b", [8, 8], "float32", 64, 32, 0.5, prunable=True)])
+        >>> [(f["name"], f["flag"]) for f in rep.flags()]
+        [('a', 'empty')]
+        """
+        known = any(r.prunable is not None for r in self.layers)
+        rows = [r for r in self.layers if (r.prunable if known else len(r.shape) >= 2)]
+        size = sum(r.size for r in rows)
+        ref = sum(r.nonzeros for r in rows) / size if size else 0.0
+        out = []
+        for r in rows:
+            if r.size and r.nonzeros == 0:
+                out.append({"name": r.name, "flag": "empty", "nonzeros": 0, "size": r.size})
+            elif r.size and r.density < NEAR_EMPTY * ref:
+                out.append({"name": r.name, "flag": "near-empty", "nonzeros": r.nonzeros, "size": r.size})
+        return out
+
     def format_table(self, max_rows: Optional[int] = None) -> str:
         """Fixed-width table: parameter, layer, shape, density, threshold, pruned."""
         head = ("parameter", "layer", "shape", "density", "threshold", "pruned")
@@ -87,13 +111,17 @@ class SparsityReport:
         pd = self.prunable_density
         lines.append(f"total: {len(self.layers)} weights, density {self.density:.4f}"
                      + ("" if pd is None else f"; prunable weights density {pd:.4f} (sparsity {1 - pd:.4f})"))
+        for f in self.flags():
+            lines.append(f"{f['flag'].upper()}: {f['name']} keeps {f['nonzeros']} of {f['size']} weights"
+                         + (" (below a tenth of the model's prunable density)" if f["flag"] == "near-empty" else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict (no arrays)."""
         return {"source": self.source, "kind": self.kind, "density": self.density,
                 "prunable_density": self.prunable_density, "threshold": self.threshold,
-                "layers": [dataclasses.asdict(r) for r in self.layers], "history": self.history, **self.extra}
+                "layers": [dataclasses.asdict(r) for r in self.layers], "history": self.history,
+                "flags": self.flags(), **self.extra}
 
     def write(self, out_dir: PathLike, stem: str = "sparsity", plots: bool = True,
               density_weights: str = "prunable") -> Dict[str, str]:
