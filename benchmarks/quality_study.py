@@ -15,6 +15,14 @@ dense training in the same program) runs on one setting (``--static-sparsity``, 
 
     python benchmarks/quality_study.py                       # digits, 5 seeds
     python benchmarks/quality_study.py --mnist-dir ~/mnist   # plus MNIST from local IDX files
+    python benchmarks/quality_study.py --benchmark patterns --out docs/quality_patterns   # the harder one
+
+``--benchmark patterns`` is the harder benchmark, where capacity matters: procedurally generated 12x12 noisy
+textures (6 classes: stripes in four orientations, a checkerboard, rings; random frequency, phase, amplitude,
+Gaussian noise sd 0.8; generated here, nothing is downloaded) and a ~6K-weight CNN whose dense accuracy is far
+from 100%. For every seed it compares the sparsity allocations (``sparsity_allocation='global'``, ``'uniform'``,
+``'erk'``) under GMP and one-shot + fine-tune (same budget) at 90/95/98%, all from the same dense weights, and
+reports paired differences to the dense model.
 
 Writes ``<out>.json`` (every run) and ``<out>.png`` (one plot), and prints a markdown table.
 """
@@ -38,6 +46,9 @@ from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
 from paddleslim_tools.demo import Dataset, accuracy, build_model, gmp_configs, load_digits, load_mnist, train_epoch
 
 SPARSITIES = (0.5, 0.75, 0.9, 0.95, 0.98)
+HARD_SPARSITIES = (0.9, 0.95, 0.98)
+ALLOCATIONS = ("global", "uniform", "erk")
+PATTERN_CLASSES = 6
 _log = logging.getLogger("quality_study")
 
 
@@ -238,13 +249,233 @@ def plot(results: Dict[str, Dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
+# -- the harder benchmark: noisy procedural textures, a small CNN, sparsity allocations --------------------------
+def make_patterns(n: int, rng: np.random.Generator, size: int = 12, noise: float = 0.8) -> tuple:
+    """``n`` noisy 1 x size x size textures and their labels (0-5: horizontal, vertical, two diagonal stripes,
+    checkerboard, rings), random frequency, phase, amplitude and ring centre, plus Gaussian noise of sd ``noise``."""
+    y = rng.integers(0, PATTERN_CLASSES, n)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    x = np.empty((n, 1, size, size), np.float32)
+    for i in range(n):
+        f, ph, c = rng.uniform(0.5, 1.2), rng.uniform(0, 2 * np.pi), y[i]
+        if c == 0:
+            img = np.sin(f * yy + ph)
+        elif c == 1:
+            img = np.sin(f * xx + ph)
+        elif c == 2:
+            img = np.sin(f * (xx + yy) / 1.41 + ph)
+        elif c == 3:
+            img = np.sin(f * (xx - yy) / 1.41 + ph)
+        elif c == 4:
+            img = np.sin(f * xx + ph) * np.sin(f * yy + ph)
+        else:
+            cy, cx = rng.uniform(3, size - 3, 2)
+            img = np.sin(f * 1.5 * np.hypot(yy - cy, xx - cx) + ph)
+        x[i, 0] = rng.uniform(0.3, 1.0) * img + noise * rng.standard_normal((size, size))
+    return x, y.astype(np.int64)
+
+
+def load_patterns(n_train: int = 3000, n_test: int = 1000, seed: int = 12345) -> Dataset:
+    """The patterns data set: fixed (one generator seed), the same for every training seed."""
+    rng = np.random.default_rng(seed)
+    x_train, y_train = make_patterns(n_train, rng)
+    x_test, y_test = make_patterns(n_test, rng)
+    return Dataset("patterns", x_train, y_train, x_test, y_test)
+
+
+def patterns_model() -> paddle.nn.Layer:
+    """conv3x3(8)-ReLU-maxpool, conv3x3(16)-ReLU-maxpool, FC(32)-ReLU, FC(6): 6,024 prunable weights, of which
+    the first convolution holds 72 (the layer global magnitude pruning starves first)."""
+    return paddle.nn.Sequential(
+        paddle.nn.Conv2D(1, 8, 3, padding=1), paddle.nn.ReLU(), paddle.nn.MaxPool2D(2),
+        paddle.nn.Conv2D(8, 16, 3, padding=1), paddle.nn.ReLU(), paddle.nn.MaxPool2D(2), paddle.nn.Flatten(),
+        paddle.nn.Linear(16 * 9, 32), paddle.nn.ReLU(), paddle.nn.Linear(32, PATTERN_CLASSES))
+
+
+def _layer_density(net: paddle.nn.Layer, names) -> List[float]:
+    return [float(np.count_nonzero(p.numpy())) / p.size for p in net.parameters() if p.name in set(names)]
+
+
+def allocation_seed(data: Dataset, seed: int, epochs: int, batch: int, lr: float, sparsities,
+                    allocations=ALLOCATIONS) -> Dict[str, object]:
+    """Dense (E epochs) and dense with the arms' budget (3E); then, from the same dense weights, for every sparsity
+    and allocation: one-shot (+ 2E epochs of fine-tuning with fixed masks) and GMP (2E epochs)."""
+    paddle.seed(seed)
+    rng = np.random.default_rng(seed)
+    loss_fn = paddle.nn.CrossEntropyLoss()
+    with paddle.utils.unique_name.guard():
+        model = patterns_model()
+    opt = _opt(model, lr)
+    for _ in range(epochs):
+        train_epoch(model, opt, loss_fn, data, batch, rng)
+    dense_state = copy.deepcopy(model.state_dict())
+    out: Dict[str, object] = {"seed": seed, "dense": accuracy(model, data.x_test, data.y_test)}
+    long_rng = np.random.default_rng(seed + 1000)
+    for _ in range(2 * epochs):
+        train_epoch(model, opt, loss_fn, data, batch, long_rng)
+    out["dense_long"] = accuracy(model, data.x_test, data.y_test)
+    iters = -(-len(data.y_train) // batch)
+    for s in sparsities:
+        for alloc in allocations:
+            row: Dict[str, object] = {}
+            for arm in ("oneshot", "gmp"):
+                paddle.seed(seed + 1000)
+                arm_rng = np.random.default_rng(seed + 1000)
+                with paddle.utils.unique_name.guard():
+                    net = patterns_model()
+                net.set_state_dict(dense_state)
+                opt = _opt(net, lr)
+                if arm == "oneshot":
+                    pruner = UnstructuredPruner(net, "ratio", ratio=s, sparsity_allocation=alloc)
+                    pruner.step()
+                    row["oneshot"] = accuracy(net, data.x_test, data.y_test)
+                    row["oneshot_protected"] = list(pruner.protected_params)
+                    for _ in range(2 * epochs):
+                        train_epoch(net, opt, loss_fn, data, batch, arm_rng)
+                    pruner.update_params()
+                    row["oneshot_ft"] = accuracy(net, data.x_test, data.y_test)
+                    row["oneshot_ft_layers"] = _layer_density(net, pruner.prunable_params)
+                else:
+                    pruner = GMPUnstructuredPruner(net, ratio=s, configs=gmp_configs(iters, epochs, epochs),
+                                                   sparsity_allocation=alloc)
+                    for _ in range(2 * epochs):
+                        train_epoch(net, opt, loss_fn, data, batch, arm_rng, pruner)
+                    pruner.update_params()
+                    row["gmp"] = accuracy(net, data.x_test, data.y_test)
+                    row["gmp_layers"] = _layer_density(net, pruner.prunable_params)
+                    row["gmp_protected"] = list(pruner.protected_params)
+                    row["gmp_sparsity"] = _prunable_sparsity(net, pruner.masks)
+                pruner.finalize()
+            out[f"{s}/{alloc}"] = row
+    return out
+
+
+def _paired(runs, key, arm, base) -> List[float]:
+    """[mean, sd, min, max] over seeds of (arm at key) - base (points), paired by seed."""
+    d = np.array([(r[key][arm] - (r[base] if isinstance(base, str) else base(r))) * 100 for r in runs])
+    return [float(d.mean()), float(d.std(ddof=1) if len(d) > 1 else 0.0), float(d.min()), float(d.max())]
+
+
+def allocation_tables(runs, sparsities, allocations=ALLOCATIONS) -> Dict[str, object]:
+    """Accuracy (mean, sd, min, max over seeds), paired differences to dense (same budget) and to global."""
+    def stats(vals):
+        v = np.asarray(vals, float) * 100
+        return [float(v.mean()), float(v.std(ddof=1) if len(v) > 1 else 0.0), float(v.min()), float(v.max())]
+    t: Dict[str, object] = {"dense": stats([r["dense"] for r in runs]),
+                            "dense_long": stats([r["dense_long"] for r in runs]), "acc": {}, "vs_dense": {},
+                            "vs_global": {}, "chance_runs": {}}
+    for arm in ("oneshot", "oneshot_ft", "gmp"):
+        for s in sparsities:
+            for a in allocations:
+                key, name = f"{s}/{a}", f"{arm}/{s}/{a}"
+                t["acc"][name] = stats([r[key][arm] for r in runs])
+                t["vs_dense"][name] = _paired(runs, key, arm, "dense_long")
+                t["chance_runs"][name] = sum(r[key][arm] < 1.5 / PATTERN_CLASSES for r in runs)
+                if a != "global":
+                    t["vs_global"][name] = _paired(runs, key, arm, lambda r, s=s: r[f"{s}/global"][arm])
+    return t
+
+
+def allocation_markdown(t, sparsities, allocations=ALLOCATIONS) -> str:
+    d, dl = t["dense"], t["dense_long"]
+    lines = [f"dense, E epochs: {d[0]:.2f} ± {d[1]:.2f}; dense, 3E epochs (the arms' budget): {dl[0]:.2f} ± {dl[1]:.2f}",
+             "", "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+             "|---|---|" + "---|" * len(sparsities)]
+    names = {"gmp": "GMP", "oneshot_ft": "one-shot + fine-tune", "oneshot": "one-shot, no fine-tune"}
+    for arm in ("gmp", "oneshot_ft", "oneshot"):
+        for a in allocations:
+            cells = [f"{t['acc'][f'{arm}/{s}/{a}'][0]:.2f} ± {t['acc'][f'{arm}/{s}/{a}'][1]:.2f}" for s in sparsities]
+            lines.append(f"| {names[arm]} | {a} | " + " | ".join(cells) + " |")
+    lines += ["", "paired difference to dense with the same budget (points, mean ± sd [min, max] over seeds):", "",
+              "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+              "|---|---|" + "---|" * len(sparsities)]
+    for arm in ("gmp", "oneshot_ft"):
+        for a in allocations:
+            cells = ["{:+.2f} ± {:.2f} [{:+.1f}, {:+.1f}]".format(*t["vs_dense"][f"{arm}/{s}/{a}"]) for s in sparsities]
+            lines.append(f"| {names[arm]} | {a} | " + " | ".join(cells) + " |")
+    lines += ["", "paired difference to global (points, mean ± sd [min, max] over seeds):", "",
+              "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+              "|---|---|" + "---|" * len(sparsities)]
+    for arm in ("gmp", "oneshot_ft"):
+        for a in allocations[1:]:
+            cells = ["{:+.2f} ± {:.2f} [{:+.1f}, {:+.1f}]".format(*t["vs_global"][f"{arm}/{s}/{a}"]) for s in sparsities]
+            lines.append(f"| {names[arm]} | {a} − global | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def allocation_plot(t, sparsities, seeds: int, path: Path, allocations=ALLOCATIONS) -> None:
+    """Left: accuracy vs sparsity per allocation (GMP solid, one-shot + fine-tune dashed); right: paired
+    difference to dense with the same budget."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {"global": "tab:blue", "uniform": "tab:orange", "erk": "tab:green"}
+    xs = np.arange(len(sparsities))
+    dl = t["dense_long"]
+    axes[0].axhspan(dl[0] - dl[1], dl[0] + dl[1], color="0.85", label=f"dense, same budget: {dl[0]:.1f} ± {dl[1]:.1f}")
+    axes[0].axhline(100 / PATTERN_CLASSES, color="k", ls=":", lw=1, label="chance")
+    axes[1].axhline(0, color="0.4", lw=1)
+    for a in allocations:
+        for arm, ls, off in (("gmp", "-", -0.04), ("oneshot_ft", "--", 0.04)):
+            label = f"{a}, {'GMP' if arm == 'gmp' else 'one-shot + FT'}"
+            acc = np.array([t["acc"][f"{arm}/{s}/{a}"][:2] for s in sparsities])
+            axes[0].errorbar(xs + off, acc[:, 0], yerr=acc[:, 1], color=colors[a], ls=ls, marker="o", capsize=3,
+                             label=label)
+            dif = np.array([t["vs_dense"][f"{arm}/{s}/{a}"][:2] for s in sparsities])
+            axes[1].errorbar(xs + off, dif[:, 0], yerr=dif[:, 1], color=colors[a], ls=ls, marker="o", capsize=3,
+                             label=label)
+    for ax, title, ylabel in ((axes[0], "held-out accuracy", "accuracy (%)"),
+                              (axes[1], "paired difference to dense (same budget)", "points")):
+        ax.set_xticks(xs, [f"{s:.0%}" for s in sparsities])
+        ax.set_xlabel("sparsity of the prunable weights")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"patterns, 6K-weight CNN: {title}, mean ± sd over {seeds} seeds", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def patterns_main(args) -> int:
+    data = load_patterns()
+    t0 = time.perf_counter()
+    partial = args.out.with_suffix(".partial.json")
+    runs: List[Dict[str, object]] = []
+    if args.runs_from is not None:
+        runs = json.loads(args.runs_from.read_text())["runs"][:args.seeds]
+    for seed in range(len(runs), args.seeds):
+        runs.append(allocation_seed(data, seed, args.epochs, args.batch_size, args.lr, HARD_SPARSITIES))
+        partial.write_text(json.dumps({"dataset": "patterns", "runs": runs}, indent=1))
+        r = runs[-1]
+        print(f"[{time.perf_counter() - t0:7.1f} s] seed {seed}: dense {r['dense']:.3f} long {r['dense_long']:.3f} "
+              + " ".join(f"{k}: gmp {v['gmp']:.3f} os+ft {v['oneshot_ft']:.3f}"
+                         for k, v in r.items() if isinstance(v, dict)), flush=True)
+    t = allocation_tables(runs, HARD_SPARSITIES)
+    res = {"runs": runs, "table": t, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size,
+           "lr": args.lr, "sparsities": list(HARD_SPARSITIES), "allocations": list(ALLOCATIONS),
+           "seconds": time.perf_counter() - t0}
+    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    partial.unlink(missing_ok=True)
+    allocation_plot(t, HARD_SPARSITIES, args.seeds, args.out.with_suffix(".png"))
+    print(f"\n## patterns ({args.seeds} seeds, {args.epochs} dense epochs, batch {args.batch_size}, lr {args.lr})\n")
+    print(allocation_markdown(t, HARD_SPARSITIES))
+    print(f"\nwrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')} in {res['seconds']:.0f} s",
+          flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--benchmark", choices=("digits", "patterns"), default="digits",
+                   help="digits: the demo CNN on the bundled digits; patterns: the harder allocation study")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=None, help="dense epochs E (default: digits 12, patterns 10)")
     p.add_argument("--mnist-epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=None, help="default: digits 32, patterns 64")
+    p.add_argument("--lr", type=float, default=None, help="default: digits 0.05, patterns 0.02")
     p.add_argument("--mnist-dir", type=Path, default=None)
     p.add_argument("--static-sparsity", type=float, default=0.9)
     p.add_argument("--no-static", action="store_true")
@@ -254,6 +485,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
     paddle.set_device("cpu")
+    patterns = args.benchmark == "patterns"
+    args.epochs = args.epochs if args.epochs is not None else (10 if patterns else 12)
+    args.batch_size = args.batch_size if args.batch_size is not None else (64 if patterns else 32)
+    args.lr = args.lr if args.lr is not None else (0.02 if patterns else 0.05)
+    if patterns:
+        return patterns_main(args)
     datasets = [("digits", load_digits(), args.epochs, args.batch_size)]
     if args.mnist_dir:
         datasets.append(("mnist", load_mnist(args.mnist_dir), args.mnist_epochs, 128))
