@@ -164,7 +164,7 @@ class ProgramBackend:
         engine as tensors sharing the scope's memory (packed masks unpacked on the device); the rest to the numpy/C
         engine as host arrays."""
         tensors = [tensor_of(self.scope, n) for n in names]
-        if not use_device_engine(all(on_cpu(t) for t in tensors)):
+        if not use_device_engine(not tensors or on_cpu(tensors[0])):  # the first decides (either engine is correct)
             with self.open(names, write=write) as (weights, masks):
                 yield HOST, weights, masks
             return
