@@ -91,6 +91,7 @@ class ExportReport:
     diagnosis: Optional[str] = None  # when onnxruntime and Paddle disagree: the op that diverges
     deployment: Optional[Dict[str, Any]] = None  # paddleslim_tools.deployment's verdicts, when available
     nm: Optional[Dict[str, Any]] = None  # with nm_pattern: {"pattern", "checked", "skipped"} per weight
+    sparse_cpu: Optional[Dict[str, Any]] = None  # the sparse-cpu target: per-layer x86 verdicts, end-to-end speed
 
     @property
     def ok(self) -> bool:
@@ -124,7 +125,7 @@ class ExportReport:
             "failures": self.failures, "warnings": self.warnings, "timings": self.timings,
             "target": self.target, "lite_weight_checks": [dataclasses.asdict(m) for m in self.lite_weight_checks],
             "lite_command": self.lite_command, "diagnosis": self.diagnosis, "deployment": self.deployment,
-            "nm": self.nm,
+            "nm": self.nm, "sparse_cpu": self.sparse_cpu,
         }
 
     def to_json(self) -> str:
@@ -182,6 +183,8 @@ class ExportReport:
             lines.append(f"deployment: {self.deployment.get('summary')} {SCOPE_NOTE}")
         if self.lite_command:
             lines.append(f"Paddle Lite (sparse kernels): {self.lite_command}")
+        if self.sparse_cpu:
+            lines.extend(format_sparse_cpu(self.sparse_cpu))
         for w in self.warnings:
             lines.append(f"warning: {w}")
         for f in self.failures:
@@ -191,6 +194,17 @@ class ExportReport:
         else:
             lines.append("verification: skipped")
         return "\n".join(lines)
+
+
+def format_sparse_cpu(section: Dict[str, Any]) -> List[str]:
+    """The sparse-cpu target's x86 verdict: one line per measured layer, then the end-to-end sentence."""
+    lines = []
+    for p in section.get("layers") or []:
+        what = (f"converted, {p['speedup']:.2f}x" if p.get("converted") else f"dense ({p.get('reason')})")
+        lines.append(f"sparse-cpu {p['name']} [{p['kind']} {'x'.join(map(str, p['shape']))}, "
+                     f"{p['nnz']} nonzeros, density {p['density']:.3f}]: {what}")
+    lines.append(f"x86 verdict: {section.get('verdict')}")
+    return lines
 
 
 def file_sizes(files: Dict[str, str]) -> Dict[str, int]:

@@ -10,7 +10,7 @@ Python API::
 Command line (``paddleslim-export --help``)::
 
     paddleslim-export --model paddle.vision.models:mobilenet_v1 --kwargs '{"scale": 0.25, "num_classes": 10}' \\
-        --checkpoint pruned.pdparams --input x:1x3x32x32:float32 --out exported/ [--target onnx|lite|all]
+        --checkpoint pruned.pdparams --input x:1x3x32x32:float32 --out exported/ [--target onnx|lite|sparse-cpu|all]
     paddleslim-export --inference-model infer/model --out exported/
     paddleslim-export --check exported/            # re-verify an existing export
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
@@ -21,6 +21,7 @@ from .layout import lite_prefix, model_prefix, report_path
 from .lite import save_lite_layer
 from .loading import SavedModel, build_network, load_checkpoint, model_files
 from .pipeline import LiteResult, Timer, finish
+from .sparse_cpu import SparseCpuResult, kernels_or_skip, save_sparse_layer, skipped
 from .specs import ExportOptions, check_input_spec, np_dtype
 from .staging import check_out_dir, staging
 
@@ -52,17 +53,20 @@ def export_layer(layer: paddle.nn.Layer, input_spec: Sequence[paddle.static.Inpu
     opts = _options(options)
     if not paddle.in_dynamic_mode():
         raise ExportError("export_layer needs dygraph mode (call paddle.disable_static() first)")
+    unavailable = kernels_or_skip(opts.target) if opts.sparse_cpu else None  # before anything is written
     timer = Timer()
     with staging(out_dir, opts.outputs) as (tmp, final):
         with folded_layer(layer):  # only while saving: the pruners are live again for the verification
-            lite = _save_layer(layer, specs, tmp, opts, timer)
+            lite, sparse = _save_layer(layer, specs, tmp, opts, timer, unavailable is None)
+        sparse = sparse or unavailable
         structured = {p.name: n for n, p in layer.named_parameters()}
-        return finish(tmp, final, opts, False, timer, structured=structured, lite=lite)
+        return finish(tmp, final, opts, False, timer, structured=structured, lite=lite, sparse_cpu=sparse)
 
 
 def _save_layer(layer: paddle.nn.Layer, specs: List[paddle.static.InputSpec], tmp: str, opts: ExportOptions,
-                timer: Timer) -> Optional[LiteResult]:
-    """The Paddle 3 inference model (and with the Lite target the legacy-IR one) of a folded layer in ``tmp``."""
+                timer: Timer, sparse_cpu: bool) -> Tuple[Optional[LiteResult], Optional[SparseCpuResult]]:
+    """The Paddle 3 inference model of a folded layer in ``tmp``, and the legacy-IR one (Lite target) and the
+    sparse one (sparse-cpu target; measured at the export's input shape, dynamic dimensions 1)."""
     with timer("paddle_save"):
         feeds = random_feeds([(s.name or f"x{i}", s.shape, np_dtype(s.dtype)) for i, s in enumerate(specs)],
                              seed=opts.seed, dynamic_dim=1)
@@ -75,12 +79,16 @@ def _save_layer(layer: paddle.nn.Layer, specs: List[paddle.static.InputSpec], tm
             paddle.jit.save(layer, model_prefix(tmp, opts.name), input_spec=specs)
         except Exception as e:
             raise ExportError(f"paddle.jit.save failed: {one_line(e)}") from None
+    sparse = None
+    if sparse_cpu:
+        with timer("sparse_cpu_measure_save"):
+            sparse = save_sparse_layer(layer, specs, feeds, tmp, opts.name)
     if not opts.lite:
-        return None
+        return None, sparse
     with timer("lite_save"):
         prefix = lite_prefix(tmp, opts.name)
         save_lite_layer(layer, specs, prefix)
-    return LiteResult(prefix + ".pdmodel", prefix + ".pdiparams")
+    return LiteResult(prefix + ".pdmodel", prefix + ".pdiparams"), sparse
 
 
 def export_checkpoint(checkpoint: Union[PathLike, Dict[str, Any]], model: Union[str, Callable[..., Any]],
@@ -166,6 +174,11 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
             raise TypeError(f"program_or_prefix must be a paddle static Program (PIR or legacy) or an "
                             f"inference model path prefix; got {type(program).__name__}")
         scope = scope if scope is not None else paddle.static.global_scope()
+    sparse = None
+    if opts.sparse_cpu:
+        sparse = skipped(opts.target, "the sparse-cpu model is made from dygraph layers: export the layer "
+                         "(export_layer) or a checkpoint (export_checkpoint, --checkpoint --model); static programs "
+                         "and saved inference models are not converted yet")
     if opts.lite and not legacy:
         raise ExportError("target 'lite' needs a legacy-IR model: Paddle 3.3.1 cannot translate a PIR program back "
                           "to legacy IR; export the dygraph layer or checkpoint, or build the program under "
@@ -199,7 +212,7 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
                                                    program=program)
             except Exception as e:
                 raise ExportError(f"save_inference_model failed: {one_line(e)}") from None
-        return finish(tmp, final, opts, legacy, timer)
+        return finish(tmp, final, opts, legacy, timer, sparse_cpu=sparse)
 
 
 def _structured_names(report_file: str) -> Optional[Dict[str, str]]:

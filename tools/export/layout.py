@@ -12,14 +12,14 @@ The rule, for every file an export writes into ``out_dir``:
   no Paddle loader looks at: ``NAME.onnx``, ``NAME.sparse.onnx`` (onnxruntime) and the report ``NAME_report.json``
   (side files use ``_``, never a second ``.``: ``jit.load`` skips ``NAME_x.json``);
 * every other model goes into a subdirectory named for its target, keeping ``NAME``: ``lite/NAME.pdmodel`` +
-  ``lite/NAME.pdiparams`` (Paddle Lite's ``opt``), ``sparse-cpu/`` (reserved: a sparse Paddle model for x86);
+  ``lite/NAME.pdiparams`` (Paddle Lite's ``opt``), ``sparse-cpu/NAME.json`` + ``sparse-cpu/NAME.pdiparams`` (the sparse Paddle model for x86 CPUs);
   each such directory is a model directory by the same rule.
 
 :func:`misread_by_jit_load` checks a directory against it.
 
->>> relpaths("model", "all")
-['model.json', 'model.pdmodel', 'model.pdiparams', 'model.onnx', 'model.sparse.onnx', 'model_report.json', \
-'lite/model.pdmodel', 'lite/model.pdiparams']
+>>> relpaths("model", "all")[5:]
+['model_report.json', 'lite/model.pdmodel', 'lite/model.pdiparams', 'sparse-cpu/model.json', \
+'sparse-cpu/model.pdiparams']
 >>> misread_by_jit_load(["model.json", "model.pdiparams", "model.report.json", "model_report.json"], "model")
 ['model.report.json']
 """
@@ -29,10 +29,10 @@ import os
 from typing import Iterable, List
 
 __all__ = ["TARGET_DIRS", "LITE_DIR", "SPARSE_CPU_DIR", "REPORT_SUFFIX", "LEGACY_FILES", "model_prefix",
-           "lite_prefix", "report_path", "relpaths", "misread_by_jit_load"]
+           "lite_prefix", "sparse_cpu_prefix", "report_path", "relpaths", "misread_by_jit_load"]
 
 LITE_DIR = "lite"
-SPARSE_CPU_DIR = "sparse-cpu"  # reserved for the sparse Paddle model of the x86 sparse-CPU target
+SPARSE_CPU_DIR = "sparse-cpu"  # the sparse Paddle model of the x86 sparse-CPU target
 #: subdirectory of each target that writes a second Paddle model
 TARGET_DIRS = {"lite": LITE_DIR, "sparse-cpu": SPARSE_CPU_DIR}
 REPORT_SUFFIX = "_report.json"
@@ -51,6 +51,11 @@ def lite_prefix(out_dir: str, name: str) -> str:
     return os.path.join(out_dir, LITE_DIR, name)
 
 
+def sparse_cpu_prefix(out_dir: str, name: str) -> str:
+    """Path prefix of the sparse Paddle model for x86 CPUs: ``out_dir/sparse-cpu/NAME``."""
+    return os.path.join(out_dir, SPARSE_CPU_DIR, name)
+
+
 def report_path(out_dir: str, name: str) -> str:
     """The export report: ``out_dir/NAME_report.json``."""
     return os.path.join(out_dir, name + REPORT_SUFFIX)
@@ -62,6 +67,8 @@ def relpaths(name: str, target: str = "all") -> List[str]:
     out = [name + e for e in _MODEL_EXTS] + [name + ".onnx", name + ".sparse.onnx", name + REPORT_SUFFIX]
     if target in ("lite", "all"):
         out += [f"{LITE_DIR}/{name}.pdmodel", f"{LITE_DIR}/{name}.pdiparams"]
+    if target in ("sparse-cpu", "all"):
+        out += [f"{SPARSE_CPU_DIR}/{name}.json", f"{SPARSE_CPU_DIR}/{name}.pdiparams"]
     return out
 
 

@@ -10,10 +10,12 @@ from typing import Any, Dict, List, Optional
 from ..onnx_sparse import canonicalize, compress as compress_model
 from ..p2o_convert import convert
 from ..report import ExportReport, file_sizes, layer_rows
+from ..verify import random_feeds
 from .checks import check_no_masks, verify_lite, verify_onnx
 from .layout import lite_prefix, model_prefix, report_path
 from .lite import lite_command
 from .loading import SavedModel, model_files
+from .sparse_cpu import SparseCpuResult, check_sparse_model
 from .specs import ExportOptions
 
 __all__ = ["Timer", "OnnxResult", "CompressResult", "LiteResult", "convert_onnx", "compress_onnx", "finish"]
@@ -124,11 +126,31 @@ def _nm(report: ExportReport, saved: SavedModel, opts: ExportOptions) -> None:
         report.failures.append(f"weights not {n}:{m} sparse: {', '.join(bad[:5])}")
 
 
+def _sparse_cpu(report: ExportReport, result: SparseCpuResult, saved: SavedModel, model_file: str,
+                params_file: str, opts: ExportOptions, local: Dict[str, str]) -> None:
+    """Check and time the sparse-cpu model against the dense one (it is removed when not faster); report it."""
+    if result.model_file is not None:
+        feeds = random_feeds(saved.feed_specs, seed=opts.seed, dynamic_dim=1)
+        checks = check_sparse_model(result, model_file, params_file, feeds, opts.verify, opts.rtol)
+        report.output_checks += checks
+        for c in checks:
+            if not c.ok:
+                report.failures.append(f"output {c.name} ({c.what}) differs: max abs err {c.max_abs_err:.3g}, "
+                                       f"max rel err {c.max_rel_err:.3g}")
+        if checks:
+            report.verified = True
+    if result.model_file is not None:
+        local["sparse_cpu_model"], local["sparse_cpu_params"] = result.model_file, result.params_file
+    report.sparse_cpu = result.to_dict()
+
+
 def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer,
-           structured: Optional[Dict[str, str]] = None, lite: Optional[LiteResult] = None) -> ExportReport:
+           structured: Optional[Dict[str, str]] = None, lite: Optional[LiteResult] = None,
+           sparse_cpu: Optional[SparseCpuResult] = None) -> ExportReport:
     """Convert, compress, verify and report the model saved at ``tmp/NAME``; writes ``NAME_report.json``.
 
     ``lite``: the legacy-IR model written for Paddle Lite (None when the Paddle model itself is legacy IR).
+    ``sparse_cpu``: what the sparse-cpu target did (its model, if written, is checked and timed here).
     ``structured``: Paddle parameter name -> structured name (``features.3.weight``), in model order.
     """
     prefix = model_prefix(tmp, opts.name)
@@ -169,8 +191,16 @@ def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer
             if plain is not None:  # last: locating a diverging op adds fetch ops to saved.program
                 verify_onnx(report, saved, plain.model, plain.path, packed.path if packed else None, opts.seed,
                             opts.rtol)
+    if sparse_cpu is not None:
+        with timer("sparse_cpu_check"):
+            _sparse_cpu(report, sparse_cpu, saved, model_file, params_file, opts, local)
     with timer("deployment_report"):
         _deployment(report, saved, opts)
+    if report.deployment is not None and report.sparse_cpu is not None:  # the x86 verdict beside the ARM ones
+        report.deployment["x86_sparse_cpu"] = {
+            "verdict": report.sparse_cpu["verdict"],
+            "layers": [{k: p[k] for k in ("name", "weight", "converted", "speedup", "reason")}
+                       for p in report.sparse_cpu["layers"]]}
     report.file_sizes = file_sizes(local)
     local["report"] = report_path(tmp, opts.name)
     report.files = {k: at_final(p) for k, p in local.items()}

@@ -12,8 +12,9 @@ from .errors import ExportError
 __all__ = ["parse_input_spec", "check_input_spec", "ExportOptions", "np_dtype", "TARGETS", "DEFAULT_OPSET"]
 
 DEFAULT_OPSET = 13
-#: what an export writes besides the Paddle 3 inference model: ONNX (+ compressed), the legacy model for Lite, both
-TARGETS = ("onnx", "lite", "all")
+#: what an export writes besides the dense Paddle 3 inference model: ONNX (+ compressed), the legacy model for Lite,
+#: the sparse Paddle model for x86 CPUs, or all three
+TARGETS = ("onnx", "lite", "sparse-cpu", "all")
 _DTYPES = ("float32", "float64", "float16", "int32", "int64", "bool", "uint8", "int8")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -76,7 +77,8 @@ class ExportOptions:
     ``sparse_cutoff``: store weights with density <= this sparse (None: whenever COO is smaller);
     ``onnx_transform``: applied to the converted ``onnx.ModelProto`` before it is saved and verified;
     ``target``: ``"onnx"`` (Paddle model + ONNX + compressed ONNX), ``"lite"`` (Paddle model + a legacy-IR
-    ``lite/NAME.pdmodel`` for Paddle Lite's opt) or ``"all"``;
+    ``lite/NAME.pdmodel`` for Paddle Lite's opt), ``"sparse-cpu"`` (Paddle model + ``sparse-cpu/NAME.json``, its
+    pruned layers on the sparse CPU operators, written when measured faster) or ``"all"``;
     ``nm_pattern``: ``'2:4'`` makes verification also require every qualifying weight to be N:M sparse.
     """
 
@@ -126,6 +128,10 @@ class ExportOptions:
     @property
     def lite(self) -> bool:
         return self.target in ("lite", "all")
+
+    @property
+    def sparse_cpu(self) -> bool:
+        return self.target in ("sparse-cpu", "all")
 
     @property
     def outputs(self) -> Sequence[str]:
