@@ -6,21 +6,26 @@
     paddleslim-report model.pdmodel --input-shape 1x3x224x224 --sparse-threshold 0.4
 
 Kept apart from :mod:`paddleslim_tools.sparsity_report` (the library) so neither module passes 400 lines.
-Exit codes: 0 done, 2 bad input (one line on stderr, nothing written).
+Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130 Ctrl-C or SIGTERM. The files of ``--out``
+are written into a staging directory next to it and moved into place at the end, so a failed, interrupted or
+killed run leaves no partial report.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["main", "parse_shape", "load_model"]
+__all__ = ["main", "parse_shape", "load_model", "read_checkpoint", "read_inference_model", "check_input_shape"]
 
 _PROG = "paddleslim-report"
 
@@ -46,9 +51,66 @@ def parse_shape(text: str) -> List[int]:
     return dims
 
 
-def load_model(spec: str, kwargs: Optional[Dict[str, Any]] = None, checkpoint: Optional[str] = None) -> Any:
-    """Build ``module:callable(**kwargs)`` and load ``checkpoint`` into it (pruner masks, bool or bit-packed,
-    folded into their weights)."""
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """``paddle.load(path)`` of a dygraph checkpoint, or ValueError in one line: missing, empty, truncated or corrupt
+    file, not a state dict, no float tensor in it."""
+    import paddle
+
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} not found")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint {path!r} is empty (0 bytes)")
+    try:
+        state = paddle.load(path, return_numpy=True)
+    except MemoryError:
+        raise ValueError(f"checkpoint {path!r} is too large to load in memory") from None
+    except Exception as e:  # pickle/protobuf/Paddle errors of a truncated or corrupt file: all the same to the user
+        raise ValueError(f"checkpoint {path!r} is truncated or corrupt ({type(e).__name__}: {_one_line(e)})") from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {path!r} is not a state dict (got {type(state).__name__})")
+    if not any(np.issubdtype(np.asarray(v).dtype, np.floating) for v in state.values()
+               if isinstance(v, (np.ndarray, np.generic))):
+        raise ValueError(f"checkpoint {path!r} holds no float tensor: not a model's state dict")
+    return dict(state)
+
+
+def read_inference_model(prefix: str) -> Any:
+    """(program, scope, legacy) of an inference model, or ValueError in one line naming it (truncated or corrupt
+    model or weights file)."""
+    from .sparsity_report import load_inference_model
+
+    try:
+        return load_inference_model(prefix)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    except MemoryError:
+        raise ValueError(f"inference model {prefix!r} is too large to load in memory") from None
+    except Exception as e:  # a JSON/protobuf parse error, "Cannot read tensor desc size": a damaged file
+        raise ValueError(f"inference model {prefix!r} is truncated or corrupt ({_one_line(e)})") from None
+
+
+def check_input_shape(shape: Sequence[int], program: Any, legacy: bool, text: str) -> None:
+    """ValueError unless ``shape`` fits the single input of an inference model (same rank; fixed dims equal)."""
+    from .sparsity_report import static_mode
+
+    with static_mode(legacy):
+        if legacy:
+            block = program.global_block()
+            feeds = [list(block.var(op.output("Out")[0]).shape) for op in block.ops if op.type == "feed"]
+        else:
+            feeds = [list(op.result(0).shape) for op in program.global_block().ops if op.name() == "pd_op.data"]
+    if len(feeds) != 1:
+        return  # several inputs: --input-shape describes the first only; nothing to compare reliably
+    want = [int(d) for d in feeds[0]]
+    if len(want) != len(shape) or any(w >= 0 and w != d for w, d in zip(want, shape)):
+        model = "x".join("?" if w < 0 else str(w) for w in want)
+        raise ValueError(f"--input-shape {text} does not fit the model's input {model}")
+
+
+def load_model(spec: str, kwargs: Optional[Dict[str, Any]] = None,
+               checkpoint: Union[None, str, Mapping[str, Any]] = None) -> Any:
+    """Build ``module:callable(**kwargs)`` and load ``checkpoint`` (a path, or the state :func:`read_checkpoint`
+    returned) into it (pruner masks, bool or bit-packed, folded into their weights)."""
     import paddle
 
     from .sparsity_report import MASK_SUFFIX, unpack_mask
@@ -66,9 +128,8 @@ def load_model(spec: str, kwargs: Optional[Dict[str, Any]] = None, checkpoint: O
         raise ValueError(f"--model {spec!r} returned {type(net).__name__}, not a paddle.nn.Layer")
     if checkpoint is None:
         return net
-    state = paddle.load(checkpoint, return_numpy=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {checkpoint!r} is not a state dict")
+    state = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    checkpoint = "given" if isinstance(checkpoint, Mapping) else checkpoint
     expected = net.state_dict()
     loaded = {}
     for k, v in expected.items():
@@ -141,7 +202,7 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
     if args.history is not None:
         try:
             history = json.loads(Path(args.history).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: JSON errors and undecodable (binary) files
             raise ValueError(f"--history {args.history!r}: {e}") from None
     if args.out is not None:
         out = Path(args.out)
@@ -152,6 +213,7 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK):
             raise ValueError(f"--out {args.out!r}: {str(probe)!r} is not a writable directory")
+        _probe_writable("--out", args.out, probe)
         if not args.no_plots:
             from .plots import require_matplotlib
             try:
@@ -163,10 +225,58 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
     return {"checkpoint": is_ckpt, "kwargs": kw, "shape": shape, "history": history}
 
 
+def _probe_writable(flag: str, given: str, directory: Path) -> None:
+    """Create and remove a directory in ``directory`` (os.access says yes to root even on /proc)."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".paddleslim-probe-", dir=str(directory)))
+    except OSError as e:
+        raise ValueError(f"{flag} {given!r}: cannot write in {str(directory)!r} ({e.strerror or e})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    from .export.errors import one_line
+
+    return one_line(e)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (then the old handler is back)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``paddleslim-report``; returns the exit code."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    glog = os.environ.get("GLOG_minloglevel")
+    os.environ.setdefault("GLOG_minloglevel", "2")  # no glog INFO lines on stderr (read when Paddle loads)
+    try:
+        with _sigterm_as_interrupt(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time noise on stderr
+            return _main(argv)
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if glog is None:
+            os.environ.pop("GLOG_minloglevel", None)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         args = _parser().parse_args(argv)
         v = _validate(args)
@@ -177,20 +287,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         paddle.set_device("cpu")
         target: Any = args.source
+        state = read_checkpoint(args.source) if v["checkpoint"] else None
+        if state is None:
+            program, _, legacy = read_inference_model(args.source)
+            if v["shape"] is not None:
+                check_input_shape(v["shape"], program, legacy, args.input_shape)
         if args.model:
-            target = load_model(args.model, v["kwargs"], args.source)
-        rep = sparsity_report(args.source, history=v["history"])  # checkpoint masks mark the prunable weights
+            target = load_model(args.model, v["kwargs"], state)
+        rep = sparsity_report(args.source if state is None else state, history=v["history"])  # masks: prunable
+        if state is not None:
+            rep.source, rep.kind = args.source, "checkpoint"
         dep = None
         if v["shape"] is not None:
             th = args.sparse_threshold if args.sparse_threshold is not None else DEFAULT_SPARSE_THRESHOLD
-            dep = deployment_report(target, v["shape"], sparse_threshold=th)
+            try:
+                dep = deployment_report(target, v["shape"], sparse_threshold=th)
+            except MemoryError:
+                raise ValueError(f"--input-shape {args.input_shape}: too large (out of memory)") from None
+            except (ValueError, RuntimeError) as e:  # Paddle's shape errors (InvalidArgument...) are ValueErrors
+                raise ValueError(f"--input-shape {args.input_shape} does not fit the network: {_one_line(e)}") from None
             rep.extra["deployment"] = dep.to_dict()
     except _UsageError as e:
         print(f"{_PROG}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError, RuntimeError) as e:
-        msg = " ".join(str(e).split())
-        print(f"{_PROG}: error: {msg[:300]}", file=sys.stderr)
+        print(f"{_PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     if not args.quiet:
         print(f"{rep.kind}: {rep.source}")
@@ -199,13 +320,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print()
             print(dep.format_table())
     if args.out is not None:
-        files = rep.write(args.out, args.name, plots=not args.no_plots)
-        if dep is not None:
-            path = Path(args.out) / f"{args.name}_deployment.txt"
-            path.write_text(dep.format_table() + "\n", encoding="utf-8")
-            files["deployment"] = str(path)
+        from .export.staging import staging
+
+        existed = os.path.isdir(args.out)
+        try:
+            with staging(args.out, []) as (tmp, final):  # nothing partial: moved into place at the end
+                files = rep.write(tmp, args.name, plots=not args.no_plots)
+                if dep is not None:
+                    path = Path(tmp) / f"{args.name}_deployment.txt"
+                    path.write_text(dep.format_table() + "\n", encoding="utf-8")
+                    files["deployment"] = str(path)
+        except (OSError, ValueError) as e:  # full disk, permissions: the OS's words
+            print(f"{_PROG}: error: --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        if not existed:  # the staging directory was made private (0700); a new --out gets the usual mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(final, 0o777 & ~umask)
         for kind, path in files.items():
-            print(f"wrote {kind}: {path}")
+            print(f"wrote {kind}: {os.path.join(final, os.path.relpath(path, tmp))}")
     return 0
 
 
