@@ -139,11 +139,12 @@ class PaddleEngine:
     def ratio_thresholds(
         self, weights: Tensors, ratio: float, local: bool, block: Block, sources: Optional[Mapping] = None,
         *, hint: Any = None, collectives: Any = None, prune_counts: Optional[Mapping[str, int]] = None,
-        stats: Optional[dict] = None,
+        max_scores: Optional[Dict[str, float]] = None, stats: Optional[dict] = None,
     ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
         """(global threshold, per-parameter thresholds), as :func:`paddleslim_static.core.engine.ratio_thresholds`.
 
         ``prune_counts`` (local mode): how many elements of each parameter to prune instead of round(ratio * n).
+        ``max_scores`` (global mode): receives each parameter's largest score (one small transfer).
         ``stats``: a dict that receives ``passes`` (histogram passes over the weights) and ``host_bytes``.
         ``hint`` is accepted for the protocol and unused."""
         sources = self.score_sources(weights, block) if sources is None else sources
@@ -157,7 +158,13 @@ class PaddleEngine:
         k = prune_count(total, ratio)
         if k >= total:
             return np.float32(np.inf), {}
-        return np.uint32(_select_global(srcs, k, total, comm, stats)).view(np.float32), {}
+        g = np.uint32(_select_global(srcs, k, total, comm, stats)).view(np.float32)
+        live = [s for s in srcs if s.total]
+        if max_scores is not None and live:  # after the selection: a NaN / Inf raised there first
+            top = paddle.stack([paddle.max(s.keys()) for s in live]).numpy()
+            _count(stats, 1, top.nbytes)
+            max_scores.update({s.name: float(np.uint32(t).view(np.float32)) for s, t in zip(live, top)})
+        return g, {}
 
     def summarize(self, weights: Tensors, ratio: float) -> float:
         """|w| at sorted position max(0, ceil(ratio * N) - 1) over all given weights."""

@@ -166,3 +166,27 @@ def test_check_min_density_names_the_argument(value, exc):
         return
     with pytest.raises(exc, match="min_density"):
         al.check_min_density(value)
+
+
+@pytest.mark.parametrize("block", [(1, 1), (2, 3)])
+@pytest.mark.parametrize("size", [300, 200_000])  # the direct selection and the streaming one
+def test_max_scores_of_the_global_selection_are_each_layers_largest_score(block, size):
+    from reference import element_scores, on_c_and_numpy
+
+    from paddleslim_static.core import engine
+    rng = np.random.default_rng(size)
+    w = {f"w{i}": rng.standard_normal((size // 100, 100 // (i + 1))).astype(np.float32) * (i + 1) for i in range(3)}
+    w["w1"][0, 0] = 0.0
+
+    def run():
+        out = []
+        for _ in range(2):  # cold, then warm-started from the cache
+            maxes = {}
+            g, _ = engine.ratio_thresholds(w, 0.7, False, block, max_scores=maxes)
+            out.append((float(g), maxes))
+        return out
+    for got in on_c_and_numpy(run):
+        for g, maxes in got:
+            assert maxes == {n: float(element_scores(a, block).max()) for n, a in w.items()}
+            assert g == float(np.sort(np.concatenate([element_scores(a, block).ravel() for a in w.values()]))[
+                round(0.7 * sum(a.size for a in w.values()))])

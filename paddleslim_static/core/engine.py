@@ -59,7 +59,7 @@ def _site(weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: B
 def ratio_thresholds(
     weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block, sources: Optional[Sources] = None,
     *, hint: Hint = None, collectives: Optional["Collectives"] = None,
-    prune_counts: Optional[Mapping[str, int]] = None,
+    prune_counts: Optional[Mapping[str, int]] = None, max_scores: Optional[Dict[str, float]] = None,
 ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
     """(global threshold, per-parameter thresholds) for ratio mode; exactly one of them is filled.
 
@@ -74,6 +74,8 @@ def ratio_thresholds(
 
     ``prune_counts`` (local mode): how many elements of each parameter to prune instead of ``round(ratio * n)``
     (a sparsity allocation, :mod:`.allocation`); a count >= the parameter's size gives +inf (all pruned).
+    ``max_scores`` (global mode): a dict that receives each parameter's largest score (this rank's), read in the
+    selection's own pass at no extra cost; left empty when no pass ran (everything pruned).
 
     >>> import numpy as np
     >>> w = {'a': np.array([[1., -2.], [3., 0.]], np.float32), 'b': np.array([[0.5, 4.]], np.float32)}
@@ -95,8 +97,11 @@ def ratio_thresholds(
         g_hint = cached_g if hint is None or isinstance(hint, Mapping) else float(hint)
         width = width if hint is None or isinstance(hint, Mapping) else HINT_WIDTH
         comm = SOLO if collectives is None else Group(collectives)
-        result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint, hint_width=width, comm=comm),
-                  {})
+        keys: Optional[Dict[str, int]] = None if max_scores is None else {}
+        result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint, hint_width=width, comm=comm,
+                                  max_keys=keys), {})
+        if keys:
+            max_scores.update({n: float(np.uint32(keys[n]).view(np.float32)) for n in weights if n in keys})
         width = _next_width(g_hint, result[0])
     with _HINTS_LOCK:
         _HINTS[site] = (None if result[0] is None else float(result[0]),

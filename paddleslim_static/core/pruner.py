@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -376,9 +377,20 @@ class Pruner:
             allocation.check_feasible(names, list(sizes.values()), ratio, self.min_density)  # raises (one rank)
             raise ValueError(f"min_density={self.min_density!r} keeps more weights (over all ranks) than "
                              f"ratio={ratio!r} leaves; lower min_density or the ratio")
-        g, _ = self._engine.ratio_thresholds(weights, ratio, False, block, sources, collectives=comm)
-        _, floor_scores = self._engine.ratio_thresholds(weights, ratio, True, block, sources,
-                                                        prune_counts={n: sizes[n] - lows[n] for n in names})
+        maxes: Dict[str, float] = {}
+        g, _ = self._engine.ratio_thresholds(weights, ratio, False, block, sources, collectives=comm,
+                                             max_scores=maxes)
+        # a layer's floor score: the score it keeps its floor at; for a one-weight floor its largest score, which
+        # the global selection read anyway; larger floors need the layer's own selection
+        floor_scores: Dict[str, float] = {n: maxes[n] for n in names if lows[n] == 1 and n in maxes}
+        floor_scores.update({n: math.inf for n in names if lows[n] == 0})
+        rest = [n for n in names if n not in floor_scores]
+        if rest:
+            _, more = self._engine.ratio_thresholds(
+                {n: weights[n] for n in rest}, ratio, True, block,
+                None if sources is None else {n: sources[n] for n in rest},
+                prune_counts={n: sizes[n] - lows[n] for n in rest})
+            floor_scores.update(more)
         if (reduce or (lambda v: v))([sum(1 for n in names if floor_scores[n] < g)])[0] == 0:
             self._note_protected([])
             return g, {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -143,8 +143,12 @@ def _select_in(keys: np.ndarray, counts: Optional[np.ndarray], r: int) -> int:
         keys, counts = keys[above], counts[above]
 
 
-def _direct(sources: Sequence[ScoreSource], k: int, comm: Solo = SOLO, weighted: bool = False) -> int:
-    keys = np.concatenate([s.keys_array() & _ABS for s in sources] + [np.empty(0, np.uint32)])
+def _direct(sources: Sequence[ScoreSource], k: int, comm: Solo = SOLO, weighted: bool = False,
+            max_keys: Optional[Dict[str, int]] = None) -> int:
+    parts = [s.keys_array() & _ABS for s in sources]
+    if max_keys is not None:
+        max_keys.update({s.name: int(p.max()) for s, p in zip(sources, parts) if p.size})
+    keys = np.concatenate(parts + [np.empty(0, np.uint32)])
     mx = int(keys.max()) if keys.size else 0
     comm.check((mx, "") if mx >= int(_INF_KEY) else None)
     if not weighted:
@@ -222,11 +226,12 @@ def _above(sample: np.ndarray, key: int, q: float) -> int:
 
 
 def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int,
-            chunk: Optional[int] = None, comm: Solo = SOLO, weighted: Optional[bool] = None):
+            chunk: Optional[int] = None, comm: Solo = SOLO, weighted: Optional[bool] = None,
+            max_keys: Optional[Dict[str, int]] = None):
     """One pass over all ranks: (#elements with key <= lo, #elements with key in (lo, hi], this rank's band
     keys, their counts or None). Raises NonFiniteScoreError on every rank if any rank saw NaN/Inf."""
     weighted = any(s.weighted for s in sources) if weighted is None else weighted
-    n_le, keys, counts, bad = stream_pass(sources, key_arrays, lo, hi, weighted, chunk)
+    n_le, keys, counts, bad = stream_pass(sources, key_arrays, lo, hi, weighted, chunk, max_keys)
     comm.check(bad)
     n_le, band_total = comm.sum([n_le, keys.size if counts is None else int(counts.sum())])
     return n_le, band_total, keys, counts
@@ -264,6 +269,7 @@ def kth_smallest(
     hint: Optional[float] = None,
     hint_width: float = HINT_WIDTH,
     comm: Solo = SOLO,
+    max_keys: Optional[Dict[str, int]] = None,
 ) -> np.float32:
     """The k-th (0-based) smallest score over all sources, exactly.
 
@@ -271,7 +277,8 @@ def kth_smallest(
     gathers only the keys within +-``hint_width`` (relative, default 0.4%) of it and no sample is drawn; if the
     answer lies outside, the sampled bracket takes over (one more pass). The result never depends on the hint.
     ``comm``: where the sources are split across ranks, a :class:`.distributed.Group`; every rank passes its
-    own sources and gets the k-th over all of them.
+    own sources and gets the k-th over all of them. ``max_keys``: a dict that receives every (non-empty) source's
+    largest key by source name, from the first pass (which reads every score anyway).
 
     >>> import numpy as np
     >>> w = np.array([0.5, -0.1, 0.3, -0.9], np.float32)
@@ -286,7 +293,7 @@ def kth_smallest(
     if not 0 <= k < total:
         raise ValueError(f"k must be in [0, {total}); got {k}")
     if total <= direct_max:
-        return np.uint32(_direct(sources, k, comm, weighted)).view(np.float32)
+        return np.uint32(_direct(sources, k, comm, weighted, max_keys)).view(np.float32)
     key_arrays = [s.keys_array() for s in sources]
     q = k / total
 
@@ -296,13 +303,16 @@ def kth_smallest(
 
     warm = _hint_bracket(comm.agree(hint), comm.agree(hint_width))
     if warm is not None:
-        n_le, band_total, band, band_counts = _stream(sources, key_arrays, warm[0], warm[1], chunk, comm, weighted)
+        n_le, band_total, band, band_counts = _stream(sources, key_arrays, warm[0], warm[1], chunk, comm, weighted,
+                                                      max_keys)
+        max_keys = None  # filled
         if 0 <= k - n_le < band_total:
             return select(k - n_le, band, band_counts)
     sample = _sample(key_arrays, np.random.default_rng(seed), comm)
     lo, hi = _bracket(sample, q)
     while True:
-        n_le, band_total, band, band_counts = _stream(sources, key_arrays, lo, hi, chunk, comm, weighted)
+        n_le, band_total, band, band_counts = _stream(sources, key_arrays, lo, hi, chunk, comm, weighted, max_keys)
+        max_keys = None
         r = k - n_le
         if 0 <= r < band_total:
             return select(r, band, band_counts)

@@ -5,7 +5,7 @@ caller decides how to combine them (one process, or across ranks).
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,9 +85,9 @@ class _Pass:
 
 
 def stream_pass(sources: Sequence, key_arrays: List[np.ndarray], lo: int, hi: int, weighted: bool,
-                chunk: Optional[int] = None):
+                chunk: Optional[int] = None, max_keys: Optional[Dict[str, int]] = None):
     """One pass: (#elements with key <= lo, keys in (lo, hi], their counts (when ``weighted``), the first
-    non-finite (max key, source name) or None).
+    non-finite (max key, source name) or None). ``max_keys``: receives each source's largest key (by name).
 
     On the C path the tasks are split into contiguous groups, one per thread; results are combined in task
     order, so the band and the count do not depend on the thread count."""
@@ -111,6 +111,9 @@ def stream_pass(sources: Sequence, key_arrays: List[np.ndarray], lo: int, hi: in
         band_counts += cs
         maxes += mx
     bad = next(((mx, sources[i].name) for (i, _, _), mx in zip(tasks, maxes) if mx >= 0x7F800000), None)
+    if max_keys is not None:
+        for (i, _, _), mx in zip(tasks, maxes):
+            max_keys[sources[i].name] = max(max_keys.get(sources[i].name, 0), int(mx))
     keys_out = np.concatenate(band_keys) if band_keys else np.empty(0, np.uint32)
     counts_out = (np.concatenate(band_counts) if band_counts else np.empty(0, np.int64)) if weighted else None
     return n_le, keys_out, counts_out, bad
