@@ -124,6 +124,7 @@ class LayerBackend:
         self._handles: List[Any] = []
         self._pruner: Any = None
         self._armed = True
+        self._optimizers: "weakref.WeakSet[Any]" = weakref.WeakSet()  # their fp32 master weights are masked too
 
     # -- protocol ----------------------------------------------------------------------------------
     def param_infos(self) -> List[ParamInfo]:
@@ -216,6 +217,7 @@ class LayerBackend:
 
     def after_apply(self) -> None:
         self._armed = False
+        self._apply_masters(list(self._owned))
 
     def detach(self) -> None:
         self._unhook()
@@ -280,8 +282,45 @@ class LayerBackend:
         return None
 
     def _apply(self, names: Optional[Sequence[str]] = None) -> None:
-        with self.work(list(self._owned) if names is None else names) as (eng, weights, masks):
+        names = list(self._owned) if names is None else names
+        with self.work(names) as (eng, weights, masks):
             eng.apply_masks(weights, masks)
+        self._apply_masters(names)
+
+    # -- AMP O2: master weights ----------------------------------------------------------------------
+    def add_optimizer(self, optimizer: Any) -> None:
+        """Mask ``optimizer``'s fp32 master weights (AMP O2 / ``multi_precision``) wherever the parameters are masked."""
+        if not isinstance(optimizer, paddle.optimizer.Optimizer):
+            raise TypeError(f"optimizer must be a paddle.optimizer.Optimizer; got {type(optimizer).__name__}")
+        self._optimizers.add(optimizer)
+        self._apply_masters(list(self._owned))
+
+    def master_weights(self, names: Sequence[str]) -> Dict[str, paddle.Tensor]:
+        """Parameter name -> the fp32 master weight an added optimizer keeps for it (created at its first step)."""
+        out: Dict[str, paddle.Tensor] = {}
+        for opt in list(self._optimizers):
+            masters = getattr(opt, "_master_weights", None) or {}  # Paddle keeps them by parameter name
+            out.update({n: masters[n] for n in names if n in masters})
+        return out
+
+    def _apply_masters(self, names: Sequence[str]) -> None:
+        """master *= mask for every master weight of the named parameters (on their device, or through host views
+        for the numpy/C engine)."""
+        masters = self.master_weights(names) if self._optimizers else {}
+        if not masters:
+            return
+        with self.work(list(masters), write=False) as (eng, _, masks):
+            if eng is PADDLE:
+                eng.apply_masks(masters, masks)
+                return
+            arrays, write_backs = {}, []
+            for n, t in masters.items():
+                arrays[n], back = host_array(t)
+                write_backs += [back] if back is not None else []
+            eng.apply_masks(arrays, masks)
+            with paddle.no_grad():
+                for back in write_backs:
+                    back()
 
     def _before_forward(self, layer: paddle.nn.Layer, inputs: Any) -> None:
         if self._armed and paddle.in_dynamic_mode():  # not while paddle.jit traces the model

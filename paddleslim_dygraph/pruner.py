@@ -81,6 +81,19 @@ class UnstructuredPruner(Pruner):
         """``id()`` of every parameter tensor this pruner masks."""
         return self._layers.param_ids()
 
+    def mask_master_weights(self, optimizer: paddle.optimizer.Optimizer) -> None:
+        """Apply the masks to ``optimizer``'s fp32 master weights too (AMP O2, ``multi_precision=True``): wherever
+        the pruner zeroes a float16/bfloat16 weight (step, update_params, the forward and state-dict hooks), its
+        master weight is zeroed as well, so the next ``optimizer.step()`` cannot write the old value back.
+
+        >>> import paddle
+        >>> model = paddle.nn.Linear(4, 4)
+        >>> pruner = UnstructuredPruner(model, 'ratio', ratio=0.5)
+        >>> pruner.mask_master_weights(paddle.optimizer.SGD(0.1, parameters=model.parameters(), multi_precision=True))
+        """
+        self._check_live()
+        self._layers.add_optimizer(optimizer)
+
     def _keyed(self, values: Dict[str, Any]) -> NameKeyed:
         """``values`` by parameter name, looked up by structured name too (``features.3.weight``)."""
         aliases = self.__dict__.get("_aliases")
