@@ -170,3 +170,39 @@ def test_plan_measures_each_candidate_on_its_real_input():
     assert lin.input_shape == (2, 256) and lin.dense_ms > 0 and lin.sparse_ms > 0 and len(lin.rounds) == 2
     assert lin.converted == (np.median(lin.rounds) >= 1.1)
     assert [c.name for c in layer_candidates(net)] == ["0", "2"]
+
+
+_ONEDNN_SCRIPT = r"""
+import sys, numpy as np, paddle
+from paddle.vision.models import mobilenet_v1
+from paddleslim_tools.runtime import create_predictor
+from paddleslim_tools.runtime.convert import convert_layers, layer_candidates
+paddle.seed(0)
+net = mobilenet_v1(scale=0.25, num_classes=10)
+net.eval()
+names = [c.name for c in layer_candidates(net)]
+assert sum(c.kind == "conv1x1" for c in layer_candidates(net)) == 13
+spec = [paddle.static.InputSpec([None, 3, 32, 32], "float32", "x")]
+d = sys.argv[1]
+paddle.jit.save(net, d + "/dense", spec)
+with convert_layers(net, names):
+    paddle.jit.save(net, d + "/sparse", spec)
+x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+def run(p):
+    h = p.get_input_handle(p.get_input_names()[0]); h.reshape(x.shape); h.copy_from_cpu(x); p.run()
+    return p.get_output_handle(p.get_output_names()[0]).copy_to_cpu()
+ref = run(create_predictor(d + "/dense.json", d + "/dense.pdiparams", mkldnn=False))
+for mk in (True, False):
+    got = run(create_predictor(d + "/sparse.json", d + "/sparse.pdiparams", mkldnn=mk))
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert err < 1e-5, (mk, err)
+print("ok")
+"""
+
+
+def test_oneDNN_layouts_reaching_the_operator_are_reordered(tmp_path):
+    """With oneDNN on, Paddle Inference hands the operator oneDNN-blocked tensors after oneDNN convolutions; the
+    operator must read them as NCHW (it produced garbage before it reordered them)."""
+    proc = subprocess.run([sys.executable, "-c", _ONEDNN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -16,6 +16,17 @@
 #include <vector>
 
 #include "paddle/extension.h"
+#include "paddle/phi/core/dense_tensor.h"
+
+// Paddle Inference with oneDNN hands a custom operator its input in oneDNN's blocked layout when the producer was a
+// oneDNN kernel (it inserts no reorder for custom kernels). This function of Paddle's (exported by libphi_core, the
+// one Paddle Inference itself uses for the reorder) gives the plain NCHW tensor back.
+namespace phi {
+namespace funcs {
+void TransDataLayoutFromOneDNN(common::DataLayout in_layout, common::DataLayout out_layout, const DenseTensor& in,
+                               DenseTensor* out, Place place, bool always_copy);
+}  // namespace funcs
+}  // namespace phi
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi2")
@@ -177,12 +188,22 @@ void with_kernels(const paddle::Tensor& cols, F&& fn) {
   if (cols.dtype() == paddle::DataType::INT16) fn(isa().k16); else fn(isa().k32);
 }
 
+// x in a plain layout: itself, or a reordered copy when it arrives in oneDNN's internal layout.
+paddle::Tensor plain(const paddle::Tensor& x, common::DataLayout want) {
+  if (x.layout() != common::DataLayout::ONEDNN) return x;
+  auto dense = std::static_pointer_cast<phi::DenseTensor>(x.impl());
+  auto out = std::make_shared<phi::DenseTensor>();
+  phi::funcs::TransDataLayoutFromOneDNN(common::DataLayout::ONEDNN, want, *dense, out.get(), phi::CPUPlace(), true);
+  return paddle::Tensor(out);
+}
+
 constexpr int64_t kLinearBlock = 64;  // batch rows per packed block: X^T block of in x 64 floats stays in L2
 
-std::vector<paddle::Tensor> SparseLinear(const paddle::Tensor& x, const paddle::Tensor& row_ptr,
+std::vector<paddle::Tensor> SparseLinear(const paddle::Tensor& x_in, const paddle::Tensor& row_ptr,
                                          const paddle::Tensor& cols, const paddle::Tensor& values,
                                          const paddle::Tensor& bias, int64_t in_features) {
-  PD_CHECK(x.is_cpu(), "paddleslim_sparse_linear runs on the CPU only");
+  PD_CHECK(x_in.is_cpu(), "paddleslim_sparse_linear runs on the CPU only");
+  const paddle::Tensor x = plain(x_in, common::DataLayout::NCHW);  // plain row-major, whatever the rank
   PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "paddleslim_sparse_linear takes float32 inputs");
   check_csr(row_ptr, cols, values, bias, in_features);
   auto shape = x.shape();
@@ -221,10 +242,11 @@ std::vector<paddle::Tensor> SparseLinear(const paddle::Tensor& x, const paddle::
   return {y};
 }
 
-std::vector<paddle::Tensor> SparseConv1x1(const paddle::Tensor& x, const paddle::Tensor& row_ptr,
+std::vector<paddle::Tensor> SparseConv1x1(const paddle::Tensor& x_in, const paddle::Tensor& row_ptr,
                                           const paddle::Tensor& cols, const paddle::Tensor& values,
                                           const paddle::Tensor& bias, int64_t in_features) {
-  PD_CHECK(x.is_cpu(), "paddleslim_sparse_conv1x1 runs on the CPU only");
+  PD_CHECK(x_in.is_cpu(), "paddleslim_sparse_conv1x1 runs on the CPU only");
+  const paddle::Tensor x = plain(x_in, common::DataLayout::NCHW);
   PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "paddleslim_sparse_conv1x1 takes float32 inputs");
   check_csr(row_ptr, cols, values, bias, in_features);
   auto shape = x.shape();
