@@ -82,7 +82,7 @@ def _save_layer(layer: paddle.nn.Layer, specs: List[paddle.static.InputSpec], tm
     sparse = None
     if sparse_cpu:
         with timer("sparse_cpu_measure_save"):
-            sparse = save_sparse_layer(layer, specs, feeds, tmp, opts.name)
+            sparse = save_sparse_layer(layer, specs, feeds, tmp, opts.name, model_prefix(tmp, opts.name))
     if not opts.lite:
         return None, sparse
     with timer("lite_save"):
