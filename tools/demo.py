@@ -25,10 +25,14 @@ from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
-import paddle
+
+with warnings.catch_warnings():  # Paddle's import-time "No ccache found" notice is not the demo's output
+    warnings.filterwarnings("ignore", message=".*ccache.*")
+    import paddle
 
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
 
+from .cli_contract import EXIT_INTERRUPTED, probe_writable, sigterm_as_interrupt
 from .demo_core import Dataset, accuracy, check_mnist_dir, load_digits, load_mnist, read_idx, train_epoch
 
 __all__ = ["main", "run", "DemoResult", "Dataset", "load_digits", "load_mnist", "read_idx", "build_model",
@@ -38,6 +42,7 @@ _log = logging.getLogger(__name__)
 _PROG = "paddleslim-demo"
 
 TARGET_RATIO = 0.9
+MAX_EPOCHS = 1000
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -198,17 +203,15 @@ def _builder(shape: Tuple[int, int]) -> str:
 
 
 def _write_files(result: DemoResult, model: paddle.nn.Layer, report: Any, args: argparse.Namespace,
-                 out: _Out) -> None:
+                 out: _Out, out_dir: Path) -> None:
     from .deployment import SCOPE_NOTE, deployment_report
 
-    out_dir: Path = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     h, w = result.image_shape
     stem = f"{result.dataset}_cnn"
     ckpt = out_dir / f"{stem}.pdparams"
-    out(f"[files 1/2] checkpoint -> {ckpt}")
+    out(f"[files 1/2] checkpoint {ckpt.name}")
     paddle.save(model.state_dict(), str(ckpt))
-    out(f"[files 2/2] sparsity report{'' if args.no_plots else ' and plots'} -> {out_dir}")
+    out(f"[files 2/2] sparsity report{'' if args.no_plots else ' and plots'}")
     dep = deployment_report(model, [1, 1, h, w])
     report.extra["deployment"] = dep.to_dict()
     report.extra["accuracy"] = {"dense": result.dense_accuracy, "sparse": result.sparse_accuracy}
@@ -247,7 +250,8 @@ class _StepLog(logging.Handler):
                 h.handle(record)
 
 
-def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> bool:
+def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out, shown: Optional[Path] = None) -> bool:
+    """Export into ``out_dir`` (``shown``: where its files will be once moved into place)."""
     from paddleslim_tools.export import export_layer
 
     h, w = data.image_shape
@@ -271,7 +275,7 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out) -> 
     steps = getattr(report, "timings", None) or {}
     if steps:
         out("export steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
-    out(f"exported {len(report.files)} files to {Path(out_dir).resolve()}: "
+    out(f"exported {len(report.files)} files to {Path(shown or out_dir).resolve()}: "
         + ", ".join(Path(p).name for _, p in sorted(report.files.items())), always=True)
     return bool(report.ok)
 
@@ -327,6 +331,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.epochs > MAX_EPOCHS:  # the demo trains 3 x epochs: more is a typo, not a demo
+        raise ValueError(f"--epochs must be <= {MAX_EPOCHS}; got {args.epochs}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a positive number; got {args.lr}")
     if not 0 <= args.seed < 2 ** 32:
@@ -346,6 +352,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--out-dir {str(out_dir)!r}: {str(probe)!r} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"--out-dir {str(out_dir)!r}: {str(probe)!r} is not writable")
+    probe_writable("--out-dir", str(out_dir), probe)
     for sub in ("export",) if not args.no_export else ():
         if (out_dir / sub).exists() and not (out_dir / sub).is_dir():
             raise ValueError(f"--out-dir {str(out_dir)!r}: {str(out_dir / sub)!r} exists and is not a directory")
@@ -355,7 +362,20 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) -> int:
-    """Entry point of ``paddleslim-demo``; returns the exit code (0 ok, 1 export check failed, 2 bad input)."""
+    """Entry point of ``paddleslim-demo``; returns the exit code (0 ok, 1 export check failed, 2 bad input, 130
+    Ctrl-C or SIGTERM). The files are written into a staging directory next to ``--out-dir`` and moved into place
+    at the end: a failed, interrupted or killed run leaves nothing partial."""
+    try:
+        with sigterm_as_interrupt():
+            return _main(argv, stream)
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Optional[Sequence[str]], stream: Optional[TextIO]) -> int:
+    from .export.staging import staging
+
     try:
         args = _parser().parse_args(argv)
         _check_args(args)
@@ -369,29 +389,44 @@ def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) 
     t0 = time.perf_counter()
     try:
         result, model, data, report = run(args, out)
-        out("== result ==", always=True)
-        out(f"dense test accuracy:  {result.dense_accuracy:.4f}", always=True)
-        out(f"sparse test accuracy: {result.sparse_accuracy:.4f}", always=True)
-        out(f"total_sparse (density of all parameters): {result.total_density:.4f}", always=True)
-        out(f"prunable weights: {len(result.prunable_params)} parameters, density {result.prunable_density:.4f}, "
-            f"sparsity {result.prunable_sparsity:.4f}", always=True)
-        out(report.format_table(), always=True)
-        _write_files(result, model, report, args, out)
     except (OSError, ValueError) as e:
         print(f"{_PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    ok = None
-    if not args.no_export:
-        try:
-            ok = _export(model, data, args.out_dir / "export", out)
-        except Exception as e:  # the export tool's own errors: one line, not a traceback
-            print(f"{_PROG}: error: export failed: {' '.join(str(e).split())[:300]}", file=sys.stderr)
-            return 1
-        result.files["export_dir"] = str(args.out_dir / "export")
-    result.export_ok = ok
-    result.files["results"] = str(args.out_dir / "results.json")
-    payload = dict(asdict(result), export_command=_export_command(result, args.out_dir / "export2"))
-    Path(result.files["results"]).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    out("== result ==", always=True)
+    out(f"dense test accuracy:  {result.dense_accuracy:.4f}", always=True)
+    out(f"sparse test accuracy: {result.sparse_accuracy:.4f}", always=True)
+    out(f"total_sparse (density of all parameters): {result.total_density:.4f}", always=True)
+    out(f"prunable weights: {len(result.prunable_params)} parameters, density {result.prunable_density:.4f}, "
+        f"sparsity {result.prunable_sparsity:.4f}", always=True)
+    out(report.format_table(), always=True)
+    existed = Path(args.out_dir).is_dir()
+    ok, failed = None, None
+    try:
+        with staging(args.out_dir, []) as (tmp, final):
+            where = lambda p: str(Path(final) / Path(p).relative_to(tmp))  # noqa: E731  (files land in final)
+            _write_files(result, model, report, args, out, Path(tmp))
+            if not args.no_export:
+                try:
+                    ok = _export(model, data, Path(tmp) / "export", out, shown=Path(final) / "export")
+                    result.files["export_dir"] = str(Path(tmp) / "export")
+                except Exception as e:  # the export tool's own errors: one line, not a traceback
+                    failed = f"export failed: {' '.join(str(e).split())[:300]}"
+            result.export_ok = ok
+            result.files = {k: where(p) for k, p in result.files.items()}
+            result.files["results"] = where(Path(tmp) / "results.json")
+            payload = dict(asdict(result), export_command=_export_command(result, Path(final) / "export2"))
+            (Path(tmp) / "results.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    except (OSError, ValueError) as e:  # a full disk, a vanished directory: the OS's words, nothing left behind
+        print(f"{_PROG}: error: --out-dir {str(args.out_dir)!r}: {getattr(e, 'strerror', None) or e}",
+              file=sys.stderr)
+        return 2
+    if not existed:  # the staging directory is private (0700); a new --out-dir gets the usual mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(final, 0o777 & ~umask)
+    if failed is not None:
+        print(f"{_PROG}: error: {failed}", file=sys.stderr)
+        return 1
     for kind, path in sorted(result.files.items()):
         out(f"wrote {kind}: {Path(path).resolve()}", always=True)
     out(f"re-export the checkpoint: {payload['export_command']}", always=True)

@@ -13,17 +13,17 @@ killed run leaves no partial report.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NoReturn, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Union
 
 import numpy as np
+
+from .cli_contract import EXIT_INTERRUPTED, probe_writable, sigterm_as_interrupt
 
 __all__ = ["main", "parse_shape", "load_model", "read_checkpoint", "read_inference_model", "check_input_shape"]
 
@@ -213,7 +213,7 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK):
             raise ValueError(f"--out {args.out!r}: {str(probe)!r} is not a writable directory")
-        _probe_writable("--out", args.out, probe)
+        probe_writable("--out", args.out, probe)
         if not args.no_plots:
             from .plots import require_matplotlib
             try:
@@ -225,37 +225,10 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
     return {"checkpoint": is_ckpt, "kwargs": kw, "shape": shape, "history": history}
 
 
-def _probe_writable(flag: str, given: str, directory: Path) -> None:
-    """Create and remove a directory in ``directory`` (os.access says yes to root even on /proc)."""
-    import tempfile
-
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".paddleslim-probe-", dir=str(directory)))
-    except OSError as e:
-        raise ValueError(f"{flag} {given!r}: cannot write in {str(directory)!r} ({e.strerror or e})") from None
-
-
 def _one_line(e: BaseException) -> str:
     from .export.errors import one_line
 
     return one_line(e)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (then the old handler is back)."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -265,12 +238,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     glog = os.environ.get("GLOG_minloglevel")
     os.environ.setdefault("GLOG_minloglevel", "2")  # no glog INFO lines on stderr (read when Paddle loads)
     try:
-        with _sigterm_as_interrupt(), warnings.catch_warnings():
+        with sigterm_as_interrupt(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time noise on stderr
             return _main(argv)
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         if glog is None:
             os.environ.pop("GLOG_minloglevel", None)

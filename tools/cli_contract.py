@@ -1,0 +1,45 @@
+"""What the command-line tools share to keep the CLI contract: SIGTERM behaves like Ctrl-C (exit 130, staged output
+removed), and an output location is probed by writing, not by ``os.access`` (which says yes to root on /proc).
+
+>>> import os, tempfile
+>>> probe_writable("--out", "x", tempfile.gettempdir())
+>>> with sigterm_as_interrupt():
+...     pass
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import tempfile
+from typing import Any, Iterator, Union
+
+__all__ = ["sigterm_as_interrupt", "probe_writable", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (the old handler is back after)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def probe_writable(flag: str, given: str, directory: Union[str, "os.PathLike[str]"]) -> None:
+    """ValueError naming ``flag`` unless a directory can be created (and is removed again) in ``directory``."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".paddleslim-probe-", dir=os.fspath(directory)))
+    except OSError as e:
+        raise ValueError(f"{flag} {given!r}: cannot write in {os.fspath(directory)!r} ({e.strerror or e})") from None
