@@ -144,7 +144,8 @@ class PaddleEngine:
         """(global threshold, per-parameter thresholds), as :func:`paddleslim_static.core.engine.ratio_thresholds`.
 
         ``prune_counts`` (local mode): how many elements of each parameter to prune instead of round(ratio * n).
-        ``max_scores`` (global mode): receives each parameter's largest score (one small transfer).
+        ``max_scores`` (global mode): receives each parameter's largest score (the max of the keys the first pass
+        reads anyway, sent with the threshold in the same transfer).
         ``stats``: a dict that receives ``passes`` (histogram passes over the weights) and ``host_bytes``.
         ``hint`` is accepted for the protocol and unused."""
         sources = self.score_sources(weights, block) if sources is None else sources
@@ -158,12 +159,10 @@ class PaddleEngine:
         k = prune_count(total, ratio)
         if k >= total:
             return np.float32(np.inf), {}
-        g = np.uint32(_select_global(srcs, k, total, comm, stats)).view(np.float32)
-        live = [s for s in srcs if s.total]
-        if max_scores is not None and live:  # after the selection: a NaN / Inf raised there first
-            top = paddle.stack([paddle.max(s.keys()) for s in live]).numpy()
-            _count(stats, 1, top.nbytes)
-            max_scores.update({s.name: float(np.uint32(t).view(np.float32)) for s, t in zip(live, top)})
+        tops: Optional[Dict[str, int]] = None if max_scores is None else {}
+        g = np.uint32(_select_global(srcs, k, total, comm, stats, tops)).view(np.float32)
+        if tops:  # filled after the selection's own non-finite check
+            max_scores.update({n: float(np.uint32(t).view(np.float32)) for n, t in tops.items()})
         return g, {}
 
     def summarize(self, weights: Tensors, ratio: float) -> float:
@@ -283,10 +282,14 @@ def _group(collectives: Any) -> Any:
     return Group(collectives)
 
 
-def _hist(src: DeviceSource, shift: int, bits: int, prefix: Optional[paddle.Tensor]) -> paddle.Tensor:
+def _hist(src: DeviceSource, shift: int, bits: int, prefix: Optional[paddle.Tensor],
+          maxes: Optional[List[paddle.Tensor]] = None) -> paddle.Tensor:
     """Histogram (2**bits + 1 bins, the last for keys outside ``prefix``) of the ``bits`` key bits above ``shift``
-    of the keys whose higher bits equal ``prefix``; weighted by block sizes. int64 on the device."""
+    of the keys whose higher bits equal ``prefix``; weighted by block sizes. int64 on the device. ``maxes``: the
+    source's largest key is appended (a shape-[1] int64 tensor)."""
     keys = src.keys()
+    if maxes is not None:
+        maxes.append(paddle.max(keys).astype("int64").reshape([1]))
     idx = _shift(keys, shift)
     if shift + bits < 31:
         idx = _low_bits(idx, bits)
@@ -323,14 +326,16 @@ def _select_each(srcs: Sequence[DeviceSource], ks: Sequence[int], stats: Optiona
     return out
 
 
-def _select_on_device(srcs: Sequence[DeviceSource], k: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
+def _select_on_device(srcs: Sequence[DeviceSource], k: int, maxes: Optional[List[paddle.Tensor]] = None
+                      ) -> Tuple[paddle.Tensor, paddle.Tensor]:
     """(key of the k-th smallest score over ``srcs``, number of non-finite scores), both shape-[1] int64 tensors on
-    the device: one histogram per pass, the bucket located by a cumulative sum there."""
+    the device: one histogram per pass, the bucket located by a cumulative sum there. ``maxes`` receives each
+    source's largest key (from the first pass's keys)."""
     r = _const(srcs[0].weight, k, "int64").reshape([1])
     prefix = paddle.zeros_like(r)
     bad = r
     for p, (shift, bits) in enumerate(_PASSES):
-        hists = [_hist(s, shift, bits, None if p == 0 else prefix[0]) for s in srcs]
+        hists = [_hist(s, shift, bits, None if p == 0 else prefix[0], maxes if p == 0 else None) for s in srcs]
         hist = (hists[0] if len(hists) == 1 else paddle.add_n(hists)).unsqueeze(0)
         if p == 0:
             bad = paddle.sum(hist[:, _INF_BUCKET: 1 << bits], axis=1)
@@ -338,21 +343,26 @@ def _select_on_device(srcs: Sequence[DeviceSource], k: int) -> Tuple[paddle.Tens
     return prefix, bad
 
 
-def _select_global(srcs: Sequence[DeviceSource], k: int, total: int, comm: Any, stats: Optional[dict]) -> int:
-    """The k-th smallest key over all sources (of all ranks with ``comm``)."""
+def _select_global(srcs: Sequence[DeviceSource], k: int, total: int, comm: Any, stats: Optional[dict],
+                   max_keys: Optional[Dict[str, int]] = None) -> int:
+    """The k-th smallest key over all sources (of all ranks with ``comm``); ``max_keys`` receives each of this
+    rank's sources' largest key."""
     srcs = [s for s in srcs if s.total]
+    maxes: Optional[List[paddle.Tensor]] = None if max_keys is None else []
     if comm is SOLO:
-        got = paddle.concat(_select_on_device(srcs, k)).numpy()
+        got = paddle.concat(list(_select_on_device(srcs, k, maxes)) + (maxes or [])).numpy()  # one transfer
         _count(stats, len(_PASSES), got.nbytes)
         if got[1]:
             _raise_nonfinite(srcs, total)
+        if max_keys is not None:
+            max_keys.update({s.name: int(v) for s, v in zip(srcs, got[2:])})
         return int(got[0])
     # across ranks: each pass's histogram is summed through the collectives on the host (65536 + 32768 int64)
     r_host, prefix_host, moved = k, 0, 0
     for p, (shift, bits) in enumerate(_PASSES):
         if srcs:
             pre = None if p == 0 else _const(srcs[0].weight, prefix_host, "int64")
-            hists = [_hist(s, shift, bits, pre) for s in srcs]
+            hists = [_hist(s, shift, bits, pre, maxes if p == 0 else None) for s in srcs]
             local = (hists[0] if len(hists) == 1 else paddle.add_n(hists)).numpy()
         else:
             local = np.zeros((1 << bits) + 1, np.int64)
@@ -366,6 +376,10 @@ def _select_global(srcs: Sequence[DeviceSource], k: int, total: int, comm: Any, 
         j = int(np.count_nonzero(cum <= r_host))
         r_host -= int(cum[j - 1]) if j else 0
         prefix_host = (prefix_host << bits) | j
+    if maxes:
+        top = paddle.concat(maxes).numpy()
+        moved += top.nbytes
+        max_keys.update({s.name: int(v) for s, v in zip(srcs, top)})
     _count(stats, len(_PASSES), moved)
     return prefix_host
 

@@ -219,3 +219,21 @@ def test_stats_count_passes_and_bytes():
     stats = {}
     E.ratio_thresholds(w, 0.5, False, (1, 1), stats=stats)
     assert stats == {"passes": 2, "host_bytes": 16}  # two int64 scalars: the key and the non-finite count
+
+
+@settings(max_examples=30, deadline=None)
+@given(weight_sets(nan=False), st.floats(0, 0.999), st.sampled_from(BLOCKS))
+def test_prune_counts_and_max_scores_match_the_core(case, ratio, block):
+    """The two options the sparsity allocation uses: per-layer prune counts (local) and each layer's largest score
+    (global), as the core computes them."""
+    host, dev = case
+    counts = {n: int(round(ratio * w.size * (0.5 + i % 3 / 2))) for i, (n, w) in enumerate(host.items())}
+    want = engine.ratio_thresholds(host, ratio, True, block, prune_counts=counts)
+    got = E.ratio_thresholds(dev, ratio, True, block, prune_counts=counts)
+    assert thresholds_bytes(got) == thresholds_bytes(want)
+    want_max, got_max = {}, {}
+    g1 = engine.ratio_thresholds(host, ratio, False, block, max_scores=want_max)[0]
+    g2 = E.ratio_thresholds(dev, ratio, False, block, max_scores=got_max)[0]
+    assert np.float32(g1).tobytes() == np.float32(g2).tobytes()
+    if want_max:  # the core leaves it empty when no pass ran (everything pruned)
+        assert got_max == want_max
