@@ -109,6 +109,7 @@ def test_every_target_loads_with_its_loaders(tmp_path, net, ref, target):
     expected = {"onnx": ["net.json", "net.onnx", "net.pdiparams", "net.sparse.onnx", "net_report.json"],
                 "lite": ["lite/net.pdiparams", "lite/net.pdmodel", "net.json", "net.pdiparams", "net_report.json"]}
     expected["all"] = sorted(set(expected["onnx"]) | set(expected["lite"]))
+    assert not [d for d, sub, f in os.walk(out) if not sub and not f]  # no empty directory left behind
     files = _files(out)  # target "all" also writes sparse-cpu/ when that measured faster here
     assert [f for f in files if not f.startswith("sparse-cpu/")] == expected[target]
     assert sorted(os.path.relpath(p, out) for p in rep.files.values()) == files

@@ -72,6 +72,14 @@ def _files_under(root: str) -> Set[str]:
     return out
 
 
+def _remove_empty_dirs(root: str) -> None:
+    """Remove the empty directories below ``root`` (bottom-up; ``root`` itself stays)."""
+    for d, _, _ in sorted(os.walk(root), key=lambda t: -t[0].count(os.sep)):
+        if d != root:
+            with contextlib.suppress(OSError):  # only when empty
+                os.rmdir(d)
+
+
 @contextlib.contextmanager
 def staging(out_dir: Union[str, "os.PathLike[str]"], outputs: Sequence[str]) -> Iterator[Tuple[str, str]]:
     """Yield (staging dir, final out_dir); move the staging dir's files (subdirectories included) into place on
@@ -101,6 +109,7 @@ def staging(out_dir: Union[str, "os.PathLike[str]"], outputs: Sequence[str]) -> 
         open(os.path.join(tmp, MARKER), "w").close()
         yield tmp, final
         os.remove(os.path.join(tmp, MARKER))
+        _remove_empty_dirs(tmp)  # a target that wrote nothing in the end leaves no empty directory behind
         if not os.path.exists(final):
             os.rename(tmp, final)
         else:
