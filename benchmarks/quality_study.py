@@ -400,6 +400,26 @@ def allocation_markdown(t, sparsities, allocations=ALLOCATIONS) -> str:
         for a in allocations[1:]:
             cells = ["{:+.2f} ± {:.2f} [{:+.1f}, {:+.1f}]".format(*t["vs_global"][f"{arm}/{s}/{a}"]) for s in sparsities]
             lines.append(f"| {names[arm]} | {a} − global | " + " | ".join(cells) + " |")
+    lines += ["", "runs at chance (< 1.5 x 1/6 accuracy), of all seeds:", "",
+              "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+              "|---|---|" + "---|" * len(sparsities)]
+    for arm in ("gmp", "oneshot_ft"):
+        for a in allocations:
+            lines.append(f"| {names[arm]} | {a} | " + " | ".join(str(t["chance_runs"][f"{arm}/{s}/{a}"])
+                                                                 for s in sparsities) + " |")
+    return "\n".join(lines)
+
+
+def layer_markdown(runs, sparsities, allocations=ALLOCATIONS) -> str:
+    """Final density per layer (GMP, mean over seeds) and how many runs the collapse guard protected a layer in."""
+    lines = ["| sparsity | allocation | conv1 (72) | conv2 (1,152) | fc1 (4,608) | fc2 (192) | runs with a protected "
+             "layer (GMP / one-shot) |", "|---|---|---|---|---|---|---|"]
+    for s in sparsities:
+        for a in allocations:
+            k = f"{s}/{a}"
+            d = np.mean([r[k]["gmp_layers"] for r in runs], axis=0) * 100
+            prot = (sum(bool(r[k]["gmp_protected"]) for r in runs), sum(bool(r[k]["oneshot_protected"]) for r in runs))
+            lines.append(f"| {s:.0%} | {a} | " + " | ".join(f"{v:.2f}%" for v in d) + f" | {prot[0]} / {prot[1]} |")
     return "\n".join(lines)
 
 
@@ -454,14 +474,19 @@ def patterns_main(args) -> int:
               + " ".join(f"{k}: gmp {v['gmp']:.3f} os+ft {v['oneshot_ft']:.3f}"
                          for k, v in r.items() if isinstance(v, dict)), flush=True)
     t = allocation_tables(runs, HARD_SPARSITIES)
+    seconds = time.perf_counter() - t0
+    if args.runs_from is not None:  # the time of the run that trained them
+        seconds = json.loads(args.runs_from.read_text()).get("seconds", seconds)
     res = {"runs": runs, "table": t, "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size,
            "lr": args.lr, "sparsities": list(HARD_SPARSITIES), "allocations": list(ALLOCATIONS),
-           "seconds": time.perf_counter() - t0}
+           "seconds": seconds}
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     partial.unlink(missing_ok=True)
     allocation_plot(t, HARD_SPARSITIES, args.seeds, args.out.with_suffix(".png"))
     print(f"\n## patterns ({args.seeds} seeds, {args.epochs} dense epochs, batch {args.batch_size}, lr {args.lr})\n")
     print(allocation_markdown(t, HARD_SPARSITIES))
+    print("\nfinal density per layer (GMP, mean over seeds):\n")
+    print(layer_markdown(runs, HARD_SPARSITIES))
     print(f"\nwrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')} in {res['seconds']:.0f} s",
           flush=True)
     return 0
