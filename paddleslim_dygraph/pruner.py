@@ -47,8 +47,8 @@ class UnstructuredPruner(Pruner):
 
     Masks are bool buffers named ``<attr>_mask`` on the layer owning each parameter (``pruner.masks`` maps parameter
     names to them; ``pruner.masks``, ``pruner.thresholds`` and ``sparse_by_layer`` also take the structured name,
-    ``pruner.masks["features.3.weight"]``). They are not persistable: ``model.state_dict()`` holds the pruned weights (their zeros carry the
-    masks) and ``pruner.state_dict()`` the rest. A forward pass re-applies the masks when a backward pass ran since
+    ``pruner.masks["features.3.weight"]``). They are not persistable: ``model.state_dict()`` holds the pruned
+    weights (their zeros carry the masks) and ``pruner.state_dict()`` the rest. A forward pass re-applies the masks when a backward pass ran since
     they were last applied, so a weight revived by the optimizer is never used; other forwards cost nothing.
     """
 
