@@ -373,33 +373,43 @@ def allocation_tables(runs, sparsities, allocations=ALLOCATIONS) -> Dict[str, ob
                 t["chance_runs"][name] = sum(r[key][arm] < 1.5 / PATTERN_CLASSES for r in runs)
                 if a != "global":
                     t["vs_global"][name] = _paired(runs, key, arm, lambda r, s=s: r[f"{s}/global"][arm])
+    t["gmp_vs_oneshot_ft"] = {f"{s}/{a}": _paired(runs, f"{s}/{a}", "gmp", lambda r, k=f"{s}/{a}": r[k]["oneshot_ft"])
+                              for s in sparsities for a in allocations}
     return t
 
 
 def allocation_markdown(t, sparsities, allocations=ALLOCATIONS) -> str:
     d, dl = t["dense"], t["dense_long"]
-    lines = [f"dense, E epochs: {d[0]:.2f} ± {d[1]:.2f}; dense, 3E epochs (the arms' budget): {dl[0]:.2f} ± {dl[1]:.2f}",
+    lines = [f"dense, E epochs: {d[0]:.2f} ± {d[1]:.2f}; "
+             f"dense, 3E epochs (the arms' budget): {dl[0]:.2f} ± {dl[1]:.2f}",
              "", "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
              "|---|---|" + "---|" * len(sparsities)]
     names = {"gmp": "GMP", "oneshot_ft": "one-shot + fine-tune", "oneshot": "one-shot, no fine-tune"}
+    fmt = "{:+.2f} ± {:.2f} [{:+.1f}, {:+.1f}]"
     for arm in ("gmp", "oneshot_ft", "oneshot"):
         for a in allocations:
-            cells = [f"{t['acc'][f'{arm}/{s}/{a}'][0]:.2f} ± {t['acc'][f'{arm}/{s}/{a}'][1]:.2f}" for s in sparsities]
+            cells = ["{:.2f} ± {:.2f}".format(*t["acc"][f"{arm}/{s}/{a}"][:2]) for s in sparsities]
             lines.append(f"| {names[arm]} | {a} | " + " | ".join(cells) + " |")
     lines += ["", "paired difference to dense with the same budget (points, mean ± sd [min, max] over seeds):", "",
               "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
               "|---|---|" + "---|" * len(sparsities)]
     for arm in ("gmp", "oneshot_ft"):
         for a in allocations:
-            cells = ["{:+.2f} ± {:.2f} [{:+.1f}, {:+.1f}]".format(*t["vs_dense"][f"{arm}/{s}/{a}"]) for s in sparsities]
+            cells = [fmt.format(*t["vs_dense"][f"{arm}/{s}/{a}"]) for s in sparsities]
             lines.append(f"| {names[arm]} | {a} | " + " | ".join(cells) + " |")
     lines += ["", "paired difference to global (points, mean ± sd [min, max] over seeds):", "",
               "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
               "|---|---|" + "---|" * len(sparsities)]
     for arm in ("gmp", "oneshot_ft"):
         for a in allocations[1:]:
-            cells = ["{:+.2f} ± {:.2f} [{:+.1f}, {:+.1f}]".format(*t["vs_global"][f"{arm}/{s}/{a}"]) for s in sparsities]
+            cells = [fmt.format(*t["vs_global"][f"{arm}/{s}/{a}"]) for s in sparsities]
             lines.append(f"| {names[arm]} | {a} − global | " + " | ".join(cells) + " |")
+    lines += ["", "paired difference GMP − one-shot + fine-tune, same budget (points):", "",
+              "| allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+              "|---|" + "---|" * len(sparsities)]
+    for a in allocations:
+        cells = [fmt.format(*t["gmp_vs_oneshot_ft"][f"{s}/{a}"]) for s in sparsities]
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += ["", "runs at chance (< 1.5 x 1/6 accuracy), of all seeds:", "",
               "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
               "|---|---|" + "---|" * len(sparsities)]
