@@ -2,7 +2,8 @@
 
 Run from the repository root (one thread, as the machine sets it)::
 
-    python benchmarks/bench_sparse_cpu.py                 # MLP 80-98%, batches 1-64, Transformer, MobileNetV1
+    python benchmarks/bench_sparse_cpu.py                 # MLP 80-98%, batches 1-64, Transformer, MobileNetV1,
+                                                          # thread scaling
     python benchmarks/bench_sparse_cpu.py --quick         # a smaller MLP, two batches (CI smoke run)
     python benchmarks/bench_sparse_cpu.py --json out.json # also write the raw numbers
 
@@ -172,6 +173,37 @@ def bench_mobilenet(rounds, rows, sparsity=0.9):
         _progress(r)
 
 
+def bench_threads(rounds, rows, width=4096, sparsity=0.9):
+    """The sparse MLP with create_predictor(threads=1) against threads=2, paired, and against dense at 2 threads."""
+    paddle.seed(0)
+    model = mlp(width)
+    prune_(model, sparsity)
+    names = [c.name for c in layer_candidates(model)]
+    spec = [paddle.static.InputSpec([None, width], "float32", "x")]
+    with tempfile.TemporaryDirectory() as d:
+        dense, sparse = save_pair(model, spec, names, d)
+        for b in (1, 16, 64):
+            x = np.random.default_rng(1).standard_normal((b, width)).astype(np.float32)
+            one = _runner(create_predictor(sparse + ".json", sparse + ".pdiparams", threads=1), x)
+            two = _runner(create_predictor(sparse + ".json", sparse + ".pdiparams", threads=2), x)
+            dense2 = _runner(create_predictor(dense + ".json", dense + ".pdiparams", threads=2), x)
+            ratios, t1, t2, td = [], [], [], []
+            for _ in range(rounds):
+                a, c, e = _time(one), _time(two), _time(dense2)
+                t1.append(a)
+                t2.append(c)
+                td.append(e)
+                ratios.append(a / c)
+            r = {"case": f"threads MLP 4x{width}", "sparsity": sparsity, "batch": b,
+                 "one_ms": statistics.median(t1) * 1e3, "two_ms": statistics.median(t2) * 1e3,
+                 "dense_two_ms": statistics.median(td) * 1e3, "speedup": statistics.median(ratios),
+                 "lo": min(ratios), "hi": max(ratios)}
+            rows.append(r)
+            print(f"  threads b={b}: 1 thread {r['one_ms']:.3f} ms, 2 threads {r['two_ms']:.3f} ms "
+                  f"({r['speedup']:.2f}x [{r['lo']:.2f}-{r['hi']:.2f}]), dense 2 threads {r['dense_two_ms']:.3f} ms",
+                  file=sys.stderr)
+
+
 def _progress(r):
     print(f"  {r['case']} s={r['sparsity']} b={r['batch']}: {r['speedup']:.2f}x "
           f"[{r['lo']:.2f}-{r['hi']:.2f}] dense {r['dense_ms']:.3f} ms sparse {r['sparse_ms']:.3f} ms "
@@ -179,6 +211,8 @@ def _progress(r):
 
 
 def table(rows):
+    threads = [r for r in rows if r["case"].startswith("threads")]
+    rows = [r for r in rows if not r["case"].startswith("threads")]
     lines = ["| case | zeros | batch | dense ms (oneDNN on / off) | sparse ms | speed-up (range) | max rel err |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -194,6 +228,12 @@ def table(rows):
             sparse_rate = r["nnz"] * 6 / (r["sparse_ms"] * 1e-3) / 1e9
             lines.append(f"| {r['sparsity']:.0%} | {dense_rate:.1f} | {sparse_rate:.1f} | "
                          f"{sparse_rate / dense_rate:.0%} |")
+    if threads:
+        lines += ["", "| sparse MLP, 90% zeros | batch | 1 thread ms | 2 threads ms | 2 vs 1 (range) | dense, 2 threads ms |",
+                  "|---|---|---|---|---|---|"]
+        for r in threads:
+            lines.append(f"| {r['case'][8:]} | {r['batch']} | {r['one_ms']:.3f} | {r['two_ms']:.3f} | "
+                         f"{r['speedup']:.2f}x ({r['lo']:.2f}-{r['hi']:.2f}) | {r['dense_two_ms']:.3f} |")
     return "\n".join(lines)
 
 
@@ -202,7 +242,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a 1024-wide MLP at 90%%, batches 1 and 16")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--json", help="also write the rows to this file")
-    ap.add_argument("--only", choices=["mlp", "transformer", "mobilenet"], action="append")
+    ap.add_argument("--only", choices=["mlp", "transformer", "mobilenet", "threads"], action="append")
     args = ap.parse_args(argv)
     paddle.set_device("cpu")
     lib = load_library()
@@ -212,13 +252,15 @@ def main(argv=None):
     if args.quick:
         bench_mlp(1024, [0.9], [1, 16], max(3, args.rounds // 2), rows)
     else:
-        only = set(args.only or ["mlp", "transformer", "mobilenet"])
+        only = set(args.only or ["mlp", "transformer", "mobilenet", "threads"])
         if "mlp" in only:
             bench_mlp(4096, [0.8, 0.9, 0.95, 0.98], [1, 4, 16, 64], args.rounds, rows)
         if "transformer" in only:
             bench_transformer(args.rounds, rows)
         if "mobilenet" in only:
             bench_mobilenet(args.rounds, rows)
+        if "threads" in only:
+            bench_threads(args.rounds, rows)
     print(table(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -207,3 +207,12 @@ def test_conv_net_is_written_only_when_faster_end_to_end(tmp_path):
         assert not converted and section["verdict"].startswith("no sparse-cpu model")
         assert not (tmp_path / "o" / "sparse-cpu").exists()
     assert all(p["reason"] for p in section["layers"])
+
+
+def test_other_targets_measure_nothing_and_write_no_sparse_model(tmp_path):
+    paddle.seed(0)
+    net = mlp()
+    UnstructuredPruner(net, "ratio", ratio=0.95).step()
+    report = export_layer(net, SPEC, str(tmp_path / "o"), target="onnx")
+    assert report.sparse_cpu is None and "sparse_cpu_measure_save" not in report.timings
+    assert not (tmp_path / "o" / "sparse-cpu").exists()

@@ -57,7 +57,7 @@ def export_layer(layer: paddle.nn.Layer, input_spec: Sequence[paddle.static.Inpu
     timer = Timer()
     with staging(out_dir, opts.outputs) as (tmp, final):
         with folded_layer(layer):  # only while saving: the pruners are live again for the verification
-            lite, sparse = _save_layer(layer, specs, tmp, opts, timer, unavailable is None)
+            lite, sparse = _save_layer(layer, specs, tmp, opts, timer, opts.sparse_cpu and unavailable is None)
         sparse = sparse or unavailable
         structured = {p.name: n for n, p in layer.named_parameters()}
         return finish(tmp, final, opts, False, timer, structured=structured, lite=lite, sparse_cpu=sparse)
