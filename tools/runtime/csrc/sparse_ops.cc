@@ -1,8 +1,9 @@
 // paddleslim_sparse_linear / paddleslim_sparse_conv1x1: y = x @ W (+ bias) with W in CSR over output rows, as Paddle
 // custom operators (CPU, float32, inference). One library holds the kernels for three instruction sets and picks one
 // per process from the CPU (PADDLESLIM_SPARSE_ISA=portable|avx2|avx512 overrides, for tests).
-// Threads: std::thread workers (no OpenMP: a second OpenMP runtime next to Paddle's spins against it); the count is
-// set by paddleslim_sparse_set_num_threads() (paddleslim_tools.runtime.create_predictor passes its `threads`).
+// Threads: the parallel regions run on Paddle's own OpenMP runtime, found with dlsym (linking a second OpenMP runtime
+// made everything slower), with as many threads as Paddle set for the calling thread (a predictor's
+// set_cpu_math_library_num_threads); paddleslim_sparse_set_num_threads() forces a count.
 #include <dlfcn.h>
 #include <immintrin.h>
 
@@ -11,6 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -102,30 +104,56 @@ const Isa& isa() {
 std::atomic<int> g_threads{0};  // 0: follow Paddle's thread setting (see threads_for_call)
 std::atomic<int> g_last_threads{0};
 
-// The thread count Paddle set for the calling thread: Paddle Inference applies the predictor's
-// set_cpu_math_library_num_threads() through its OpenMP runtime before it runs the program, and eager Paddle uses
-// OMP_NUM_THREADS. The runtime is looked up in libpaddle.so's own dependencies (dlsym, no link to any OpenMP: a
-// second OpenMP runtime in the process made everything slower).
-int paddle_threads() {
-  using Fn = int (*)();
-  static const Fn fn = [] {
+// Paddle's own OpenMP runtime (libiomp5, loaded with libpaddle.so), looked up in libpaddle.so's dependencies with
+// dlsym: no link to any OpenMP, because a second OpenMP runtime in the process made everything slower (its threads
+// and Paddle's spin against each other). Its thread pool is the one Paddle's dense operators just used.
+struct OpenMP {
+  int (*max_threads)() = nullptr;
+  int (*thread_num)() = nullptr;
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // the GOMP ABI libiomp5 also serves
+};
+
+const OpenMP& openmp() {
+  static const OpenMP api = [] {
+    OpenMP a;
     void* h = dlopen("libpaddle.so", RTLD_NOLOAD | RTLD_LAZY);
-    return h ? reinterpret_cast<Fn>(dlsym(h, "omp_get_max_threads")) : nullptr;
+    if (h) {
+      a.max_threads = reinterpret_cast<int (*)()>(dlsym(h, "omp_get_max_threads"));
+      a.thread_num = reinterpret_cast<int (*)()>(dlsym(h, "omp_get_thread_num"));
+      a.parallel = reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(dlsym(h, "GOMP_parallel"));
+    }
+    if (!a.max_threads || !a.thread_num || !a.parallel) a = OpenMP();
+    return a;
   }();
-  return fn ? fn() : 1;
+  return api;
 }
 
+// The thread count Paddle set for the calling thread: Paddle Inference applies the predictor's
+// set_cpu_math_library_num_threads() before it runs the program; eager Paddle follows OMP_NUM_THREADS.
 int threads_for_call() {
   const int forced = g_threads.load(std::memory_order_relaxed);
-  return std::max(1, forced > 0 ? forced : paddle_threads());
+  if (forced > 0) return forced;
+  return openmp().max_threads ? std::max(1, openmp().max_threads()) : 1;
 }
 
-// Rows [0, rows) split into `parts` ranges of about equal nonzeros (+ a row's fixed cost), run on parts threads.
-template <typename F>
-void parallel_rows(const int32_t* rp, int64_t rows, int64_t work_per_nnz, F&& fn) {
+// Row ranges handed out one at a time: a thread that was descheduled (a busy core) does not hold the others up.
+struct Chunks {
+  std::vector<int64_t> cut;  // chunk c is rows [cut[c], cut[c + 1])
+  std::atomic<size_t> next{0};
+  const std::function<void(int64_t, int64_t)>* fn = nullptr;
+  void work() {
+    for (size_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) + 1 < cut.size();) (*fn)(cut[c], cut[c + 1]);
+  }
+  static void run(void* self) { static_cast<Chunks*>(self)->work(); }
+};
+
+// Rows [0, rows) on threads_for_call() threads, in ~8 chunks per thread of about equal nonzeros (+ a row's fixed
+// cost); small calls stay on the calling thread.
+void parallel_rows(const int32_t* rp, int64_t rows, int64_t work_per_nnz,
+                   const std::function<void(int64_t, int64_t)>& fn) {
   const int64_t nnz = rp[rows];
   int parts = threads_for_call();
-  // below ~256k multiply-adds per part, starting a thread costs about what it saves
+  // below ~256k multiply-adds per thread, starting a parallel region costs about what it saves
   const int64_t work = (nnz + rows) * std::max<int64_t>(1, work_per_nnz);
   parts = static_cast<int>(std::min<int64_t>(parts, std::max<int64_t>(1, work / 262144)));
   g_last_threads.store(parts, std::memory_order_relaxed);
@@ -133,21 +161,27 @@ void parallel_rows(const int32_t* rp, int64_t rows, int64_t work_per_nnz, F&& fn
     fn(0, rows);
     return;
   }
-  std::vector<int64_t> cut(parts + 1, rows);
-  cut[0] = 0;
-  for (int p = 1; p < parts; ++p) {
-    const int64_t target = (nnz + rows) * p / parts;  // cost of rows [0, r) is rp[r] + r
-    int64_t lo = cut[p - 1], hi = rows;
+  const int64_t n_chunks = std::min<int64_t>(rows, 8 * parts);
+  Chunks chunks;
+  chunks.fn = &fn;
+  chunks.cut.assign(n_chunks + 1, rows);
+  chunks.cut[0] = 0;
+  for (int64_t c = 1; c < n_chunks; ++c) {
+    const int64_t target = (nnz + rows) * c / n_chunks;  // cost of rows [0, r) is rp[r] + r
+    int64_t lo = chunks.cut[c - 1], hi = rows;
     while (lo < hi) {
       const int64_t mid = (lo + hi) / 2;
       if (rp[mid] + mid < target) lo = mid + 1; else hi = mid;
     }
-    cut[p] = lo;
+    chunks.cut[c] = lo;
   }
-  std::vector<std::thread> pool;
-  pool.reserve(parts - 1);
-  for (int p = 1; p < parts; ++p) pool.emplace_back([&, p] { fn(cut[p], cut[p + 1]); });
-  fn(cut[0], cut[1]);
+  if (openmp().parallel) {
+    openmp().parallel(&Chunks::run, &chunks, static_cast<unsigned>(parts), 0);
+    return;
+  }
+  std::vector<std::thread> pool;  // no OpenMP runtime in the process: plain threads
+  for (int p = 1; p < parts; ++p) pool.emplace_back([&chunks] { chunks.work(); });
+  chunks.work();
   for (auto& t : pool) t.join();
 }
 
