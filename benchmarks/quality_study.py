@@ -380,43 +380,35 @@ def allocation_tables(runs, sparsities, allocations=ALLOCATIONS) -> Dict[str, ob
 
 def allocation_markdown(t, sparsities, allocations=ALLOCATIONS) -> str:
     d, dl = t["dense"], t["dense_long"]
-    lines = [f"dense, E epochs: {d[0]:.2f} ± {d[1]:.2f}; "
-             f"dense, 3E epochs (the arms' budget): {dl[0]:.2f} ± {dl[1]:.2f}",
-             "", "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-             "|---|---|" + "---|" * len(sparsities)]
     names = {"gmp": "GMP", "oneshot_ft": "one-shot + fine-tune", "oneshot": "one-shot, no fine-tune"}
-    fmt = "{:+.2f} ± {:.2f} [{:+.1f}, {:+.1f}]"
-    for arm in ("gmp", "oneshot_ft", "oneshot"):
-        for a in allocations:
-            cells = ["{:.2f} ± {:.2f}".format(*t["acc"][f"{arm}/{s}/{a}"][:2]) for s in sparsities]
-            lines.append(f"| {names[arm]} | {a} | " + " | ".join(cells) + " |")
-    lines += ["", "paired difference to dense with the same budget (points, mean ± sd [min, max] over seeds):", "",
-              "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-              "|---|---|" + "---|" * len(sparsities)]
-    for arm in ("gmp", "oneshot_ft"):
-        for a in allocations:
-            cells = [fmt.format(*t["vs_dense"][f"{arm}/{s}/{a}"]) for s in sparsities]
-            lines.append(f"| {names[arm]} | {a} | " + " | ".join(cells) + " |")
-    lines += ["", "paired difference to global (points, mean ± sd [min, max] over seeds):", "",
-              "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-              "|---|---|" + "---|" * len(sparsities)]
-    for arm in ("gmp", "oneshot_ft"):
-        for a in allocations[1:]:
-            cells = [fmt.format(*t["vs_global"][f"{arm}/{s}/{a}"]) for s in sparsities]
-            lines.append(f"| {names[arm]} | {a} − global | " + " | ".join(cells) + " |")
+    paired = "{:+.2f} ± {:.2f} [{:+.1f}, {:+.1f}]"
+    cols = " | ".join(f"{s:.0%}" for s in sparsities) + " |"
+
+    def table(title, key, cell, arms, allocs, label="{a}"):
+        """A titled table: one row per (arm, allocation), one column per sparsity."""
+        out = ["", title, "", "| method | allocation | " + cols, "|---|---|" + "---|" * len(sparsities)]
+        for arm in arms:
+            for a in allocs:
+                cells = [cell.format(*t[key][f"{arm}/{s}/{a}"]) if cell else str(t[key][f"{arm}/{s}/{a}"])
+                         for s in sparsities]
+                out.append(f"| {names[arm]} | {label.format(a=a)} | " + " | ".join(cells) + " |")
+        return out
+
+    lines = [f"dense, E epochs: {d[0]:.2f} ± {d[1]:.2f}; "
+             f"dense, 3E epochs (the arms' budget): {dl[0]:.2f} ± {dl[1]:.2f}"]
+    lines += table("accuracy (%, mean ± sd over seeds):", "acc", "{:.2f} ± {:.2f}", ("gmp", "oneshot_ft", "oneshot"),
+                   allocations)
+    lines += table("paired difference to dense with the same budget (points, mean ± sd [min, max] over seeds):",
+                   "vs_dense", paired, ("gmp", "oneshot_ft"), allocations)
+    lines += table("paired difference to global (points, mean ± sd [min, max] over seeds):", "vs_global", paired,
+                   ("gmp", "oneshot_ft"), allocations[1:], "{a} − global")
     lines += ["", "paired difference GMP − one-shot + fine-tune, same budget (points):", "",
-              "| allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-              "|---|" + "---|" * len(sparsities)]
+              "| allocation | " + cols, "|---|" + "---|" * len(sparsities)]
     for a in allocations:
-        cells = [fmt.format(*t["gmp_vs_oneshot_ft"][f"{s}/{a}"]) for s in sparsities]
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += ["", "runs at chance (< 1.5 x 1/6 accuracy), of all seeds:", "",
-              "| method | allocation | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-              "|---|---|" + "---|" * len(sparsities)]
-    for arm in ("gmp", "oneshot_ft"):
-        for a in allocations:
-            lines.append(f"| {names[arm]} | {a} | " + " | ".join(str(t["chance_runs"][f"{arm}/{s}/{a}"])
-                                                                 for s in sparsities) + " |")
+        lines.append(f"| {a} | " + " | ".join(paired.format(*t["gmp_vs_oneshot_ft"][f"{s}/{a}"])
+                                              for s in sparsities) + " |")
+    lines += table("runs at chance (< 1.5 x 1/6 accuracy), of all seeds:", "chance_runs", None,
+                   ("gmp", "oneshot_ft"), allocations)
     return "\n".join(lines)
 
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from numbers import Real
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .validation import check_choice, check_ratio
 
 __all__ = ["METHODS", "check_allocation", "check_min_density", "erk_raw", "floors", "check_feasible",
            "prune_counts", "shares", "largest_remainder", "protect_global"]
@@ -42,21 +43,12 @@ METHODS = ("global", "uniform", "erk")
 
 def check_allocation(value: object) -> str:
     """``sparsity_allocation``: one of :data:`METHODS`."""
-    if not isinstance(value, str):
-        raise TypeError(f"sparsity_allocation must be a str, one of {METHODS}; got {value!r} ({type(value).__name__})")
-    if value not in METHODS:
-        raise ValueError(f"sparsity_allocation must be one of {METHODS}; got {value!r}")
-    return value
+    return check_choice("sparsity_allocation", value, METHODS)
 
 
 def check_min_density(value: object) -> float:
     """``min_density``: a real number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"min_density must be a real number in [0, 1]; got {value!r} ({type(value).__name__})")
-    v = float(value)
-    if not 0.0 <= v <= 1.0:  # also rejects NaN
-        raise ValueError(f"min_density must be in [0, 1]; got {value!r}")
-    return v
+    return check_ratio(value, "min_density", allow_one=True)
 
 
 def _size(shape: Sequence[int]) -> int:

@@ -10,12 +10,17 @@ PRUNE_PARAMS_TYPES = (None, "conv1x1_only", "lite_sparse_conv")
 _F32_MAX = 3.4028234663852886e38
 
 
+def check_choice(name: str, value: object, choices: Tuple[str, ...]) -> str:
+    """``value`` is one of the strings ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {choices}; got {value!r} ({type(value).__name__})")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+    return value
+
+
 def check_mode(mode: object) -> str:
-    if not isinstance(mode, str):
-        raise TypeError(f"mode must be a str, one of {MODES}; got {mode!r} ({type(mode).__name__})")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    return mode
+    return check_choice("mode", mode, MODES)
 
 
 def _real(name: str, value: object) -> float:
