@@ -6,7 +6,8 @@ What a pruner's ``step()`` runs, on the real parameter arrays of Paddle models (
   before each timed call);
 * floor 2, **threshold step**: ``fill_masks(..., apply=True)`` with a fixed threshold (one fused pass);
 * **ratio step**: ``score_sources`` + ``ratio_thresholds`` + ``fill_masks(apply=True)``, warm (the previous
-  threshold is cached, as in repeated steps) and cold (cache cleared: sample + bracket);
+  threshold and bracket width passed as the hint, as a pruner does in repeated steps) and cold (no hint: sample +
+  bracket);
 * **ratio 4x4 blocks**: the same with ``sparse_block=(4, 4)`` (and its peak extra memory, by tracemalloc);
 * **tie mass**: the weights a previous 70% step zeroed all get the same small magnitude (what one optimizer
   update of equal size does), then a ratio step;
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dygraph import _table, machine_facts  # noqa: E402
 
 from paddleslim_static.core import engine, kernels, threads  # noqa: E402
+from paddleslim_static.core.selection import SelectionStats  # noqa: E402
 
 RATIO = 0.7
 
@@ -80,7 +82,7 @@ class Steps:
         self.w = weights
         self.orig = {n: a.copy() for n, a in weights.items()}
         self.masks = {n: np.empty(a.shape, bool) for n, a in weights.items()}
-        engine._HINTS.clear()
+        self.hints: Dict[Tuple[int, int], Tuple[float, Optional[float]]] = {}  # block -> (threshold, width)
         self.t = float(engine.ratio_thresholds(self.w, RATIO, False, (1, 1))[0])
         self.tied = {n: a.copy() for n, a in self.orig.items()}
         for a in self.tied.values():  # the pruned 70% all moved to the same small magnitude, signs kept
@@ -95,10 +97,12 @@ class Steps:
         engine.fill_masks(self.w, self.masks, self.t, {}, (1, 1), apply=True)
 
     def ratio(self, block=(1, 1), cold: bool = False) -> None:
-        if cold:
-            engine._HINTS.clear()
+        """A ratio step; warm: from the previous call's threshold and width, as a pruner's next step is."""
+        hint, width = (None, None) if cold else self.hints.get(tuple(block), (None, None))
         src = engine.score_sources(self.w, block)
-        g, per = engine.ratio_thresholds(self.w, RATIO, False, block, src)
+        stats = SelectionStats()
+        g, per = engine.ratio_thresholds(self.w, RATIO, False, block, src, hint=hint, hint_width=width, stats=stats)
+        self.hints[tuple(block)] = (float(g), stats.next_width)
         engine.fill_masks(self.w, self.masks, g, per, block, apply=True, sources=src)
 
     def peak_extra(self, block) -> int:

@@ -39,8 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     keys = [a.reshape(-1).view(np.uint32) for a in ws.values()]
     srcs = [ScoreSource(a) for a in ws.values()]
     k = selection.prune_count(sum(a.size for a in ws.values()), 0.7)
-    engine._HINTS.clear()
     t = float(engine.ratio_thresholds(ws, 0.7, False, (1, 1))[0])
+    warm = {"hint": t, "hint_width": None}  # what a pruner passes on its next step
     sample = selection._sample(keys, np.random.default_rng(0))
     lo, hi = selection._bracket(sample, k / sum(a.size for a in keys))
     wlo, whi = selection._hint_bracket(t)
@@ -51,9 +51,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             np.copyto(ws[n], orig[n])
 
     def ratio(cold: bool) -> None:
-        if cold:
-            engine._HINTS.clear()
-        g, per = engine.ratio_thresholds(ws, 0.7, False, (1, 1))
+        stats = selection.SelectionStats()
+        g, per = engine.ratio_thresholds(ws, 0.7, False, (1, 1), stats=stats,
+                                         **({} if cold else warm))
+        warm.update(hint=float(g), hint_width=stats.next_width)
         engine.fill_masks(ws, masks, g, per, (1, 1), apply=True)
 
     parts: Dict[str, Callable[[], object]] = {
@@ -66,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"read-only pass, sampled band ({band.size / 1e6:.2f}M keys)": lambda: selection._stream(srcs, keys, lo, hi),
         "sample + bracket": lambda: selection._bracket(selection._sample(keys, np.random.default_rng(0)), 0.7),
         "band selection (partition)": lambda: selection._select_in(band, None, band.size // 2),
-        "ratio step, cold (no cached threshold)": lambda: ratio(True),
+        "ratio step, cold (no hint)": lambda: ratio(True),
         "ratio step, warm (previous threshold, default +-0.4% band)": lambda: ratio(False),
         "ratio step, warm again (band narrowed to the drift seen)": lambda: ratio(False),
     }

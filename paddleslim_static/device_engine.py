@@ -38,7 +38,7 @@ import paddle
 
 from .core.nm import reduction_axis
 from .core.scores import _geometry, uses_blocks
-from .core.selection import DIRECT_MAX, SOLO, NonFiniteScoreError, _check_finite, prune_count
+from .core.selection import DIRECT_MAX, SOLO, SelectionStats, _check_finite, prune_count
 
 __all__ = ["PaddleEngine", "DeviceSource", "PADDLE", "ENGINE_ENV", "engine_name", "use_device_engine", "pack_bits",
            "unpack_bits"]
@@ -138,16 +138,18 @@ class PaddleEngine:
     # -- selection ---------------------------------------------------------------------------------
     def ratio_thresholds(
         self, weights: Tensors, ratio: float, local: bool, block: Block, sources: Optional[Mapping] = None,
-        *, hint: Any = None, collectives: Any = None, prune_counts: Optional[Mapping[str, int]] = None,
-        max_scores: Optional[Dict[str, float]] = None, stats: Optional[dict] = None,
+        *, hint: Any = None, hint_width: Optional[float] = None, collectives: Any = None,
+        prune_counts: Optional[Mapping[str, int]] = None, max_scores: Optional[Dict[str, float]] = None,
+        stats: Optional[SelectionStats] = None,
     ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
         """(global threshold, per-parameter thresholds), as :func:`paddleslim_static.core.engine.ratio_thresholds`.
 
         ``prune_counts`` (local mode): how many elements of each parameter to prune instead of round(ratio * n).
         ``max_scores`` (global mode): receives each parameter's largest score (the max of the keys the first pass
         reads anyway, sent with the threshold in the same transfer).
-        ``stats``: a dict that receives ``passes`` (histogram passes over the weights) and ``host_bytes``.
-        ``hint`` is accepted for the protocol and unused."""
+        ``stats``: a :class:`~paddleslim_static.core.selection.SelectionStats` that receives ``passes``
+        (histogram passes over the weights) and ``host_bytes``. ``hint`` / ``hint_width`` are accepted for the
+        protocol and unused (the histogram passes need no bracket)."""
         sources = self.score_sources(weights, block) if sources is None else sources
         srcs = [sources[n] for n in weights]
         if local:
@@ -310,7 +312,7 @@ def _locate(hist: paddle.Tensor, r: paddle.Tensor, prefix: paddle.Tensor, bits: 
     return r - before, prefix * (1 << bits) + j
 
 
-def _select_each(srcs: Sequence[DeviceSource], ks: Sequence[int], stats: Optional[dict]) -> List[int]:
+def _select_each(srcs: Sequence[DeviceSource], ks: Sequence[int], stats: Optional[SelectionStats]) -> List[int]:
     """The ks[i]-th smallest key of each source on its own (local mode); +Inf's key where k >= its size."""
     live = [i for i, (s, k) in enumerate(zip(srcs, ks)) if k < s.total]
     out = [_INF_KEY] * len(srcs)
@@ -343,7 +345,7 @@ def _select_on_device(srcs: Sequence[DeviceSource], k: int, maxes: Optional[List
     return prefix, bad
 
 
-def _select_global(srcs: Sequence[DeviceSource], k: int, total: int, comm: Any, stats: Optional[dict],
+def _select_global(srcs: Sequence[DeviceSource], k: int, total: int, comm: Any, stats: Optional[SelectionStats],
                    max_keys: Optional[Dict[str, int]] = None) -> int:
     """The k-th smallest key over all sources (of all ranks with ``comm``); ``max_keys`` receives each of this
     rank's sources' largest key."""
@@ -398,10 +400,10 @@ def _raise_nonfinite(srcs: Sequence[DeviceSource], total: int) -> None:
     _check_finite(*_nonfinite_of(srcs, total))
 
 
-def _count(stats: Optional[dict], passes: int, nbytes: int) -> None:
+def _count(stats: Optional[SelectionStats], passes: int, nbytes: int) -> None:
     if stats is not None:
-        stats["passes"] = stats.get("passes", 0) + passes
-        stats["host_bytes"] = stats.get("host_bytes", 0) + int(nbytes)
+        stats.passes += passes
+        stats.host_bytes += int(nbytes)
 
 
 # -- blocks ----------------------------------------------------------------------------------------

@@ -161,18 +161,16 @@ def test_other_dtypes_scored_in_float32():
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.69, 0.7, 0.71, 0.9])
-def test_mostly_zero_weights_exact_and_not_gathered(ratio, monkeypatch):
+def test_mostly_zero_weights_exact_and_not_gathered(ratio):
     # 70% exact zeros (an already sparse model, or step() called twice): the zeros must be counted, not gathered
     from paddleslim_static.core import selection
     rng = np.random.default_rng(0)
     w = rng.standard_normal(400_000).astype(np.float32)
     w[rng.random(w.size) < 0.7] = 0.0
-    biggest_band = []
-    real = selection._select_in
-    monkeypatch.setattr(selection, "_select_in", lambda keys, c, r: (biggest_band.append(keys.size), real(keys, c, r))[1])
-    got = ratio_threshold([ScoreSource(w)], ratio, chunk=1 << 14, direct_max=0)
+    stats = selection.SelectionStats()
+    got = ratio_threshold([ScoreSource(w)], ratio, chunk=1 << 14, direct_max=0, stats=stats)
     assert got == ref.ratio_threshold([w], ratio)
-    assert max(biggest_band, default=0) < 0.05 * w.size
+    assert stats.largest_band < 0.05 * w.size
 
 
 @given(st.integers(0, 2**31 - 1), st.floats(0, 0.999), st.integers(1, 6))
@@ -183,15 +181,13 @@ def test_quantized_weights_many_ties(seed, ratio, levels):
     assert got == ref.ratio_threshold([w], ratio)
 
 
-def test_second_step_on_pruned_weights_takes_one_pass(monkeypatch):
+def test_second_step_on_pruned_weights_takes_one_pass():
     # after a step exactly k weights are 0: the k-th is the smallest nonzero, right above the run of zeros
     from paddleslim_static.core import selection
     rng = np.random.default_rng(2)
     w = rng.standard_normal(500_000).astype(np.float32)
     t = ref.ratio_threshold([w], 0.7)
     w[np.abs(w) < t] = 0.0
-    passes = []
-    real = selection._stream
-    monkeypatch.setattr(selection, "_stream", lambda *a: (passes.append(1), real(*a))[1])
-    assert ratio_threshold([ScoreSource(w)], 0.7, chunk=1 << 15, direct_max=0) == t
-    assert len(passes) == 1
+    stats = selection.SelectionStats()
+    assert ratio_threshold([ScoreSource(w)], 0.7, chunk=1 << 15, direct_max=0, stats=stats) == t
+    assert stats.passes == 1

@@ -156,21 +156,40 @@ def test_any_hint_gives_the_exact_threshold(seed, ratio, hint, style):
     assert near.tobytes() == want.tobytes()
 
 
-def test_good_hint_takes_one_pass_and_no_sample(monkeypatch):
+def test_a_pruner_warm_starts_from_its_own_last_threshold():
+    """The pruner passes its previous threshold as the hint (the engine keeps no cache): the second step of a
+    slowly moving model is one pass and no sample, observable in ``pruner.selection_stats``."""
+    from paddleslim_static.core.pruner import ArrayBackend, Pruner
+
+    rng = np.random.default_rng(6)
+    ws = {f"w{i}": rng.standard_normal((300, 400)).astype(np.float32) for i in range(2)}
+    pruner = Pruner(ArrayBackend(ws), mode="ratio", ratio=0.7)
+    pruner.step()
+    first = pruner.selection_stats
+    assert first.samples == 1 and not first.warm_hit
+    for w in ws.values():
+        w *= np.float32(1.0005)
+    pruner.step()
+    second = pruner.selection_stats
+    assert (second.passes, second.samples, second.warm_hit) == (1, 0, True)
+    assert np.float32(pruner.threshold) == ref.ratio_threshold(list(ws.values()), 0.7)
+
+
+def test_good_hint_takes_one_pass_and_no_sample():
     rng = np.random.default_rng(4)
     ws = {f"w{i}": rng.standard_normal((300, 400)).astype(np.float32) for i in range(3)}
-    engine._HINTS.clear()
-    g, _ = engine.ratio_thresholds(ws, 0.7, False, (1, 1))  # cold: fills the cache
-    passes = []
-    real, real_sample = selection._stream, selection._sample
-    monkeypatch.setattr(selection, "_stream", lambda *a, **k: (passes.append(1), real(*a, **k))[1])
-    monkeypatch.setattr(selection, "_sample", lambda *a: pytest.fail("a warm start draws no sample"))
+    cold = selection.SelectionStats()
+    g, _ = engine.ratio_thresholds(ws, 0.7, False, (1, 1), stats=cold)
+    assert cold.samples == 1 and not cold.warm_hit
     for w in ws.values():  # one optimizer-like nudge: the threshold moves a little
         w *= np.float32(1.0005)
-    g2, _ = engine.ratio_thresholds(ws, 0.7, False, (1, 1))
-    assert len(passes) == 1
+    warm = selection.SelectionStats()
+    g2, _ = engine.ratio_thresholds(ws, 0.7, False, (1, 1), hint=float(g), hint_width=cold.next_width, stats=warm)
+    assert (warm.passes, warm.samples, warm.warm_hit) == (1, 0, True)
     assert g2.tobytes() == ref.ratio_threshold(list(ws.values()), 0.7).tobytes()
-    monkeypatch.setattr(selection, "_sample", real_sample)
+    again = selection.SelectionStats()  # the engine keeps nothing between calls: no hint, no warm start
+    assert engine.ratio_thresholds(ws, 0.7, False, (1, 1), stats=again)[0] == g2
+    assert again.samples == 1 and not again.warm_hit
     per = engine.ratio_thresholds(ws, 0.7, True, (1, 1), hint={n: 1e9 for n in ws})[1]  # useless hints: exact
     assert {n: t.tobytes() for n, t in per.items()} == {
         n: ref.ratio_threshold([w], 0.7).tobytes() for n, w in ws.items()}

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 import reference as ref
 from paddleslim_static.core import engine
 from paddleslim_static.core.nm import fill_nm_mask
-from paddleslim_static.core.selection import NonFiniteScoreError
+from paddleslim_static.core.selection import NonFiniteScoreError, SelectionStats
 from paddleslim_static.device_engine import PaddleEngine
 from test_distributed_selection import ThreadWorld
 
@@ -216,9 +216,9 @@ def test_across_ranks_equals_one_process(local, block):
 
 def test_stats_count_passes_and_bytes():
     w = {"a": paddle.to_tensor(np.random.default_rng(1).standard_normal((500, 400)).astype(np.float32))}
-    stats = {}
+    stats = SelectionStats()
     E.ratio_thresholds(w, 0.5, False, (1, 1), stats=stats)
-    assert stats == {"passes": 2, "host_bytes": 16}  # two int64 scalars: the key and the non-finite count
+    assert (stats.passes, stats.host_bytes) == (2, 16)  # two int64 scalars: the key and the non-finite count
 
 
 @settings(max_examples=30, deadline=None)

@@ -94,19 +94,18 @@ def test_engine_masks_over_ranks_equal_one_process(local, block):
     ws = {f"l{i}": rng.standard_normal(s).astype(np.float32)
           for i, s in enumerate([(300, 200), (64, 32, 3, 3), (257, 129), (128, 512)])}
     ws["l2"][:, :60] = 0.0
-    engine._HINTS.clear()
     g1, per1 = engine.ratio_thresholds(ws, 0.6, local, block)
     masks1 = {n: np.empty(w.shape, bool) for n, w in ws.items()}
     engine.fill_masks(ws, masks1, g1, per1, block)
 
-    def rank(r, c):
+    def rank(r, c, hint):
         mine = {n: w for i, (n, w) in enumerate(ws.items()) if i % 2 == r}
-        g, per = engine.ratio_thresholds(mine, 0.6, local, block, collectives=c)
+        g, per = engine.ratio_thresholds(mine, 0.6, local, block, collectives=c, hint=hint)
         masks = {n: np.empty(w.shape, bool) for n, w in mine.items()}
         engine.fill_masks(mine, masks, g, per, block)
         return g, per, masks
-    for _ in range(2):  # cold, then warm (cached hint)
-        for g, per, masks in ThreadWorld(2).run(rank):
+    for hint in (None, per1 if local else float(g1)):  # cold, then warm (the previous threshold as the hint)
+        for g, per, masks in ThreadWorld(2).run(lambda r, c: rank(r, c, hint)):
             assert (g is None and g1 is None) or g.tobytes() == g1.tobytes()
             assert {n: t.tobytes() for n, t in per.items()} == {n: per1[n].tobytes() for n in per}
             for n, m in masks.items():
@@ -140,7 +139,6 @@ def test_two_processes_with_paddle_distributed(tmp_path):
     ws = layers()
     ranks = [np.load(tmp_path / f"out.rank{r}.npz") for r in range(2)]
     for case, (ratio, local, block) in CASES.items():
-        engine._HINTS.clear()
         g, per = engine.ratio_thresholds(ws, ratio, local, block)
         masks = {n: np.empty(w.shape, bool) for n, w in ws.items()}
         engine.fill_masks(ws, masks, g, per, block)

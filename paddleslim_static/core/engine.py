@@ -6,8 +6,6 @@ apart from writing into the ``masks`` / ``weights`` arrays it is handed.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -16,7 +14,9 @@ from . import kernels, threads
 from .distributed import Collectives, Group
 from .nm import fill_nm_mask
 from .scores import mask_from_threshold, score_source
-from .selection import HINT_WIDTH, SOLO, ScoreSource, count_threshold, kth_smallest, ratio_threshold
+from .selection import (
+    HINT_WIDTH, SOLO, ScoreSource, SelectionStats, count_threshold, kth_smallest, ratio_threshold,
+)
 
 __all__ = ["score_sources", "ratio_thresholds", "fill_masks", "apply_masks", "masks_from_nonzero", "summarize",
            "Engine", "HostEngine", "HOST"]
@@ -37,9 +37,6 @@ def score_sources(weights: Mapping[str, np.ndarray], block: Block) -> Dict[str, 
 
 
 Hint = Union[None, float, Mapping[str, float]]
-_HINTS: "OrderedDict[tuple, Tuple[Optional[float], Dict[str, float], float]]" = OrderedDict()
-_HINTS_MAX = 16
-_HINTS_LOCK = threading.Lock()
 _WIDTH_MIN, _WIDTH_MAX = 2.0 ** -11, 2.0 ** -6
 
 
@@ -51,21 +48,19 @@ def _next_width(previous: Optional[float], new: Optional[np.float32]) -> float:
     return min(_WIDTH_MAX, max(_WIDTH_MIN, 4.0 * abs(float(new) / previous - 1.0)))
 
 
-def _site(weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block) -> tuple:
-    """What identifies a repeated call (same parameters, ratio and options): the key of the warm-start cache."""
-    return (float(ratio), bool(local), tuple(block)) + tuple((n, w.shape, w.dtype.str) for n, w in weights.items())
-
-
 def ratio_thresholds(
     weights: Mapping[str, np.ndarray], ratio: float, local: bool, block: Block, sources: Optional[Sources] = None,
-    *, hint: Hint = None, collectives: Optional["Collectives"] = None,
+    *, hint: Hint = None, hint_width: Optional[float] = None, collectives: Optional["Collectives"] = None,
     prune_counts: Optional[Mapping[str, int]] = None, max_scores: Optional[Dict[str, float]] = None,
+    stats: Optional[SelectionStats] = None,
 ) -> Tuple[Optional[np.float32], Dict[str, np.float32]]:
-    """(global threshold, per-parameter thresholds) for ratio mode; exactly one of them is filled.
+    """(global threshold, per-parameter thresholds) for ratio mode; exactly one of them is filled. A pure function
+    of its arguments: no state survives the call.
 
-    ``hint``: the previous threshold (a float; local mode: {name: float}) to warm-start the selection from.
-    Without one, the thresholds of the last call with the same parameters, ratio and options are used (a
-    small in-process cache). Hints change only the speed, never the result.
+    ``hint``: the caller's previous threshold (a float; local mode: {name: float}) to warm-start the selection
+    from, with ``hint_width`` (the half-width of the warm bracket, relative; ``stats.next_width`` suggests the next
+    one). Hints change only the speed, never the result. ``stats``: a :class:`.selection.SelectionStats` the
+    passes, samples and band sizes are added to.
 
     ``collectives``: when the model's parameters are split across processes, an object with
     ``allreduce_sum`` and ``allgather`` (see :mod:`.distributed`); each rank passes its own weights and every
@@ -84,32 +79,25 @@ def ratio_thresholds(
     (2.0, {})
     """
     sources = score_sources(weights, block) if sources is None else sources
-    site = _site(weights, ratio, local, block) + (() if prune_counts is None else (tuple(prune_counts.items()),))
-    cached_g, cached_per, width = _HINTS.get(site, (None, {}, HINT_WIDTH))
+    width = HINT_WIDTH if hint_width is None else float(hint_width)
     if local:
-        hints = hint if isinstance(hint, Mapping) else cached_per
+        hints = hint if isinstance(hint, Mapping) else {}
         if prune_counts is None:
-            per = {n: ratio_threshold([sources[n]], ratio, hint=hints.get(n)) for n in weights}
+            per = {n: ratio_threshold([sources[n]], ratio, hint=hints.get(n), stats=stats) for n in weights}
         else:
-            per = {n: count_threshold([sources[n]], int(prune_counts[n]), hint=hints.get(n)) for n in weights}
-        result: Tuple[Optional[np.float32], Dict[str, np.float32]] = (None, per)
-    else:
-        g_hint = cached_g if hint is None or isinstance(hint, Mapping) else float(hint)
-        width = width if hint is None or isinstance(hint, Mapping) else HINT_WIDTH
-        comm = SOLO if collectives is None else Group(collectives)
-        keys: Optional[Dict[str, int]] = None if max_scores is None else {}
-        result = (ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint, hint_width=width, comm=comm,
-                                  max_keys=keys), {})
-        if keys:
-            max_scores.update({n: float(np.uint32(keys[n]).view(np.float32)) for n in weights if n in keys})
-        width = _next_width(g_hint, result[0])
-    with _HINTS_LOCK:
-        _HINTS[site] = (None if result[0] is None else float(result[0]),
-                        {n: float(t) for n, t in result[1].items()}, width)
-        _HINTS.move_to_end(site)
-        while len(_HINTS) > _HINTS_MAX:
-            _HINTS.popitem(last=False)
-    return result
+            per = {n: count_threshold([sources[n]], int(prune_counts[n]), hint=hints.get(n), stats=stats)
+                   for n in weights}
+        return None, per
+    g_hint = None if hint is None or isinstance(hint, Mapping) else float(hint)
+    comm = SOLO if collectives is None else Group(collectives)
+    keys: Optional[Dict[str, int]] = None if max_scores is None else {}
+    g = ratio_threshold([sources[n] for n in weights], ratio, hint=g_hint, hint_width=width, comm=comm,
+                        max_keys=keys, stats=stats)
+    if keys:
+        max_scores.update({n: float(np.uint32(keys[n]).view(np.float32)) for n in weights if n in keys})
+    if stats is not None:
+        stats.next_width = _next_width(g_hint, g)
+    return g, {}
 
 
 def fill_masks(

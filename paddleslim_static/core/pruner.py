@@ -37,7 +37,7 @@ from .nm import CONV, LINEAR, nm_skip_reason, parse_pattern
 from .packing import pack_mask
 from .params import resolve_prunable
 from .schedule import GMPSchedule
-from .selection import NonFiniteScoreError, prune_count
+from .selection import NonFiniteScoreError, SelectionStats, prune_count
 from .state import STATE_VERSION, Config, check_fingerprints, fingerprints, parse_state, restored_masks
 from .validation import (
     check_bool, check_mode, check_prune_params_type, check_ratio, check_sparse_block, check_threshold,
@@ -58,6 +58,12 @@ class Pruner:
     """
 
     _engine: engine.Engine = engine.HOST  # the engine of the arrays the current call works on (see _work)
+    # warm start of the next ratio selection: the pruner's own last thresholds (the engine keeps no state)
+    _hint: Optional[float] = None
+    _hint_width: Optional[float] = None
+    _local_hints: Optional[Dict[str, float]] = None
+    _pending_stats: Optional[SelectionStats] = None
+    selection_stats: Optional[SelectionStats] = None  # what the last committed ratio selection did (passes, ...)
 
     def __init__(
         self,
@@ -361,6 +367,7 @@ class Pruner:
         sizes = {n: int(np.prod(self._shapes[n], dtype=np.int64)) for n in names}
         lows = dict(zip(names, allocation.floors([sizes[n] for n in names], self.min_density)))
         block, comm = self.sparse_block, self._collectives
+        stats = self._pending_stats = SelectionStats()
         if self.local_sparsity or self.sparsity_allocation != "global":
             if self.local_sparsity:  # the seed's rule, each layer on its own, lifted to its floor
                 counts = {n: min(prune_count(sizes[n], ratio), sizes[n] - lows[n]) for n in names}
@@ -369,7 +376,8 @@ class Pruner:
                                                                  self.sparsity_allocation, self.min_density)))
             self._note_protected([n for n in names if counts[n] != prune_count(sizes[n], ratio)]
                                  if self.local_sparsity else [])
-            return self._engine.ratio_thresholds(weights, ratio, True, block, sources, prune_counts=counts)
+            return self._engine.ratio_thresholds(weights, ratio, True, block, sources, prune_counts=counts,
+                                                 hint=self._local_hints, stats=stats)
         reduce = None if comm is None else (lambda v: [int(x) for x in comm.allreduce_sum(np.asarray(v, np.int64))])
         total = sum(sizes.values()) if reduce is None else reduce([sum(sizes.values())])[0]
         k_total = prune_count(total, ratio)
@@ -379,7 +387,8 @@ class Pruner:
                              f"ratio={ratio!r} leaves; lower min_density or the ratio")
         maxes: Dict[str, float] = {}
         g, _ = self._engine.ratio_thresholds(weights, ratio, False, block, sources, collectives=comm,
-                                             max_scores=maxes)
+                                             max_scores=maxes, hint=self._hint, hint_width=self._hint_width,
+                                             stats=stats)
         # a layer's floor score: the score it keeps its floor at; for a one-weight floor its largest score, which
         # the global selection read anyway; larger floors need the layer's own selection
         floor_scores: Dict[str, float] = {n: maxes[n] for n in names if lows[n] == 1 and n in maxes}
@@ -389,7 +398,7 @@ class Pruner:
             _, more = self._engine.ratio_thresholds(
                 {n: weights[n] for n in rest}, ratio, True, block,
                 None if sources is None else {n: sources[n] for n in rest},
-                prune_counts={n: sizes[n] - lows[n] for n in rest})
+                prune_counts={n: sizes[n] - lows[n] for n in rest}, stats=stats)
             floor_scores.update(more)
         if (reduce or (lambda v: v))([sum(1 for n in names if floor_scores[n] < g)])[0] == 0:
             self._note_protected([])
@@ -400,7 +409,8 @@ class Pruner:
             n_free = n_free if reduce is None else reduce([n_free])[0]
             sub = {n: weights[n] for n in free}
             src = None if sources is None else {n: sources[n] for n in free}
-            return self._engine.ratio_thresholds(sub, k / n_free, False, block, src, collectives=comm)[0]
+            return self._engine.ratio_thresholds(sub, k / n_free, False, block, src, collectives=comm,
+                                                 stats=stats)[0]
 
         g, pinned = allocation.protect_global(sizes, lows, floor_scores, k_total, select, reduce)
         self._note_protected(pinned)
@@ -434,6 +444,11 @@ class Pruner:
         self.threshold = float(threshold)
         self.thresholds = dict(thresholds)
         self._backend.store_thresholds(self.threshold, self.thresholds)
+        stats, self._pending_stats = self._pending_stats, None
+        if stats is not None:  # a ratio selection ran: its thresholds warm-start the next one
+            self.selection_stats = stats
+            self._hint, self._hint_width = self.threshold, stats.next_width
+            self._local_hints = dict(self.thresholds)
 
     @contextlib.contextmanager
     def _work(self, write: bool = True) -> Iterator[Tuple[engine.Engine, Any, Any]]:

@@ -27,7 +27,8 @@ import numpy as np
 
 from .streaming import CHUNK, stream_pass
 
-__all__ = ["ScoreSource", "kth_smallest", "prune_count", "ratio_threshold", "count_threshold", "NonFiniteScoreError"]
+__all__ = ["ScoreSource", "SelectionStats", "kth_smallest", "prune_count", "ratio_threshold", "count_threshold",
+           "NonFiniteScoreError"]
 
 _ABS = np.uint32(0x7FFFFFFF)
 _INF_KEY = np.uint32(0x7F800000)
@@ -37,6 +38,31 @@ SAMPLE_MIN, SAMPLE_MAX = 1 << 14, 1 << 18
 
 class NonFiniteScoreError(ValueError):
     """A weight or score is NaN or infinite, so no meaningful ratio threshold exists."""
+
+
+@dataclass
+class SelectionStats:
+    """What selections did, added up over the calls it is handed to (pass ``stats=`` to observe; the result never
+    depends on it).
+
+    >>> import numpy as np
+    >>> stats = SelectionStats()
+    >>> w = np.random.default_rng(0).standard_normal(100_000).astype(np.float32)
+    >>> t = kth_smallest([ScoreSource(w)], 70_000, stats=stats)
+    >>> stats.passes, stats.samples, stats.warm_hit
+    (1, 1, False)
+    >>> t2 = kth_smallest([ScoreSource(w)], 70_000, hint=float(t), stats=stats)
+    >>> stats.passes, stats.samples, stats.warm_hit
+    (2, 1, True)
+    """
+
+    passes: int = 0  # streaming passes over all scores (counting-only passes included)
+    samples: int = 0  # random samples drawn (none on a warm start that holds the answer)
+    warm_hit: bool = False  # a hint's bracket held the answer
+    direct: int = 0  # selections small enough to partition all keys at once (no pass)
+    largest_band: int = 0  # most keys one partition worked on
+    host_bytes: int = 0  # bytes an engine off the host moved to it (the Paddle engine)
+    next_width: Optional[float] = None  # the warm bracket's half-width to pass with the next hint
 
 
 @dataclass(frozen=True)
@@ -144,8 +170,11 @@ def _select_in(keys: np.ndarray, counts: Optional[np.ndarray], r: int) -> int:
 
 
 def _direct(sources: Sequence[ScoreSource], k: int, comm: Solo = SOLO, weighted: bool = False,
-            max_keys: Optional[Dict[str, int]] = None) -> int:
+            max_keys: Optional[Dict[str, int]] = None, stats: Optional[SelectionStats] = None) -> int:
     parts = [s.keys_array() & _ABS for s in sources]
+    if stats is not None:
+        stats.direct += 1
+        stats.largest_band = max(stats.largest_band, sum(p.size for p in parts))
     if max_keys is not None:
         max_keys.update({s.name: int(p.max()) for s, p in zip(sources, parts) if p.size})
     keys = np.concatenate(parts + [np.empty(0, np.uint32)])
@@ -227,9 +256,11 @@ def _above(sample: np.ndarray, key: int, q: float) -> int:
 
 def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: int, hi: int,
             chunk: Optional[int] = None, comm: Solo = SOLO, weighted: Optional[bool] = None,
-            max_keys: Optional[Dict[str, int]] = None):
+            max_keys: Optional[Dict[str, int]] = None, stats: Optional[SelectionStats] = None):
     """One pass over all ranks: (#elements with key <= lo, #elements with key in (lo, hi], this rank's band
     keys, their counts or None). Raises NonFiniteScoreError on every rank if any rank saw NaN/Inf."""
+    if stats is not None:
+        stats.passes += 1
     weighted = any(s.weighted for s in sources) if weighted is None else weighted
     n_le, keys, counts, bad = stream_pass(sources, key_arrays, lo, hi, weighted, chunk, max_keys)
     comm.check(bad)
@@ -238,9 +269,11 @@ def _stream(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], lo: in
 
 
 def _count_below(sources: Sequence[ScoreSource], key_arrays: List[np.ndarray], key: int,
-                 chunk: Optional[int] = None, comm: Solo = SOLO, weighted: Optional[bool] = None) -> int:
+                 chunk: Optional[int] = None, comm: Solo = SOLO, weighted: Optional[bool] = None,
+                 stats: Optional[SelectionStats] = None) -> int:
     """How many elements (of all ranks) have a key < ``key``."""
-    return 0 if key <= 0 else _stream(sources, key_arrays, key - 1, key - 1, chunk, comm, weighted)[0]
+    return 0 if key <= 0 else _stream(sources, key_arrays, key - 1, key - 1, chunk, comm, weighted,
+                                      stats=stats)[0]
 
 
 HINT_WIDTH = 2.0 ** -8  # default half-width of a hint's bracket: keys within +-0.4% (relative) of the hint
@@ -270,6 +303,7 @@ def kth_smallest(
     hint_width: float = HINT_WIDTH,
     comm: Solo = SOLO,
     max_keys: Optional[Dict[str, int]] = None,
+    stats: Optional[SelectionStats] = None,
 ) -> np.float32:
     """The k-th (0-based) smallest score over all sources, exactly.
 
@@ -278,7 +312,8 @@ def kth_smallest(
     answer lies outside, the sampled bracket takes over (one more pass). The result never depends on the hint.
     ``comm``: where the sources are split across ranks, a :class:`.distributed.Group`; every rank passes its
     own sources and gets the k-th over all of them. ``max_keys``: a dict that receives every (non-empty) source's
-    largest key by source name, from the first pass (which reads every score anyway).
+    largest key by source name, from the first pass (which reads every score anyway). ``stats``: a
+    :class:`SelectionStats` the passes, samples and band sizes are added to.
 
     >>> import numpy as np
     >>> w = np.array([0.5, -0.1, 0.3, -0.9], np.float32)
@@ -293,32 +328,40 @@ def kth_smallest(
     if not 0 <= k < total:
         raise ValueError(f"k must be in [0, {total}); got {k}")
     if total <= direct_max:
-        return np.uint32(_direct(sources, k, comm, weighted, max_keys)).view(np.float32)
+        return np.uint32(_direct(sources, k, comm, weighted, max_keys, stats)).view(np.float32)
     key_arrays = [s.keys_array() for s in sources]
     q = k / total
 
     def select(r: int, band: np.ndarray, band_counts: Optional[np.ndarray]) -> np.float32:
         counts = comm.gather(band_counts) if weighted else None
-        return np.uint32(_select_in(comm.gather(band), counts, r)).view(np.float32)
+        keys = comm.gather(band)
+        if stats is not None:
+            stats.largest_band = max(stats.largest_band, int(keys.size))
+        return np.uint32(_select_in(keys, counts, r)).view(np.float32)
 
     warm = _hint_bracket(comm.agree(hint), comm.agree(hint_width))
     if warm is not None:
         n_le, band_total, band, band_counts = _stream(sources, key_arrays, warm[0], warm[1], chunk, comm, weighted,
-                                                      max_keys)
+                                                      max_keys, stats)
         max_keys = None  # filled
         if 0 <= k - n_le < band_total:
+            if stats is not None:
+                stats.warm_hit = True
             return select(k - n_le, band, band_counts)
     sample = _sample(key_arrays, np.random.default_rng(seed), comm)
+    if stats is not None:
+        stats.samples += 1
     lo, hi = _bracket(sample, q)
     while True:
-        n_le, band_total, band, band_counts = _stream(sources, key_arrays, lo, hi, chunk, comm, weighted, max_keys)
+        n_le, band_total, band, band_counts = _stream(sources, key_arrays, lo, hi, chunk, comm, weighted, max_keys,
+                                                      stats)
         max_keys = None
         r = k - n_le
         if 0 <= r < band_total:
             return select(r, band, band_counts)
         if r >= band_total:  # the k-th is above hi: everything <= hi is counted next time
             lo, hi = hi, _above(sample, hi, q)
-        elif lo == 0 or k >= _count_below(sources, key_arrays, lo, chunk, comm, weighted):
+        elif lo == 0 or k >= _count_below(sources, key_arrays, lo, chunk, comm, weighted, stats):
             return np.uint32(lo).view(np.float32)  # #(< lo) <= k < #(<= lo): the k-th equals lo
         else:  # the k-th is below lo
             lo, hi = _below(sample, lo, q), lo - 1
