@@ -94,41 +94,25 @@ def _prune_total(total: int, ratio: float) -> int:
 def shares(sizes: Sequence[int], raw: Sequence[Fraction], keep: int, lows: Sequence[int]) -> List[Fraction]:
     """Real kept shares ``x_l = clip(eps * raw_l * n_l, lows_l, n_l)`` with ``sum x_l == keep`` (exact).
 
-    ``eps`` is found by walking the breakpoints of the piecewise-linear, non-decreasing sum in order.
-    Needs ``sum(lows) <= keep <= sum(sizes)``.
+    The sum is piecewise linear and non-decreasing in ``eps``: a layer starts to grow at ``eps = lows_l / a_l`` and
+    stops at ``n_l / a_l`` (``a_l = raw_l * n_l``). One sweep over those events in order (O(L log L)) finds the
+    segment holding ``keep``. Needs ``sum(lows) <= keep <= sum(sizes)``.
     """
-    a = [r * n for r, n in zip(raw, sizes)]  # x_l = clip(eps * a_l, low_l, n_l)
     if not sum(lows) <= keep <= sum(sizes):
         raise ValueError(f"keep={keep} must lie in [{sum(lows)}, {sum(sizes)}]")
-    fixed = [i for i in range(len(sizes)) if a[i] == 0]  # no density term: the floor
-    live = [i for i in range(len(sizes)) if a[i] > 0]
-    base = sum(Fraction(lows[i]) for i in fixed)
-    points = sorted({Fraction(lows[i]) / a[i] for i in live} | {Fraction(sizes[i]) / a[i] for i in live})
-
-    def total_at(eps: Fraction) -> Fraction:
-        return base + sum(min(max(eps * a[i], Fraction(lows[i])), Fraction(sizes[i])) for i in live)
-
-    lo = Fraction(0)
-    eps = Fraction(0)
-    for p in points + [None]:
-        if p is None or total_at(p) >= keep:
-            # on [lo, p] the sum is linear: the slope is the sum of a_l over layers strictly between bounds
-            slope = sum(a[i] for i in live if lows[i] <= lo * a[i] and lo * a[i] < sizes[i])
-            at_lo = total_at(lo)
-            eps = lo if slope == 0 or at_lo >= keep else lo + (keep - at_lo) / slope
+    a = [r * n for r, n in zip(raw, sizes)]
+    live = [i for i in range(len(sizes)) if a[i] > 0 and lows[i] < sizes[i]]
+    starts = [(Fraction(lows[i]) / a[i], a[i]) for i in live]
+    events = sorted(starts + [(Fraction(sizes[i]) / a[i], -a[i]) for i in live], key=lambda e: e[0])
+    eps, total, slope = Fraction(0), Fraction(sum(lows)), Fraction(0)  # at eps = 0 every layer sits at its floor
+    for at, change in events:
+        reach = total + slope * (at - eps)
+        if reach >= keep and slope > 0:
+            eps += (keep - total) / slope
             break
-        lo = p
-    x = [Fraction(lows[i]) for i in range(len(sizes))]
-    for i in live:
-        x[i] = min(max(eps * a[i], Fraction(lows[i])), Fraction(sizes[i]))
-    deficit = keep - sum(x)  # only when every live layer is capped: spread over the fixed ones, in order
-    for i in fixed:
-        if deficit <= 0:
-            break
-        add = min(deficit, Fraction(sizes[i] - lows[i]))
-        x[i] += add
-        deficit -= add
-    return x
+        eps, total, slope = at, reach, slope + change
+    return [min(max(eps * a[i], Fraction(lows[i])), Fraction(sizes[i])) if a[i] > 0 else Fraction(lows[i])
+            for i in range(len(sizes))]
 
 
 def largest_remainder(x: Sequence[Fraction], total: int) -> List[int]:
