@@ -52,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--check", metavar="DIR", help="re-verify an existing export directory; writes nothing")
     p.add_argument("--out", "-o", metavar="DIR", help="output directory")
     p.add_argument("--name", default="model", help="file name stem of the outputs (default: model)")
-    p.add_argument("--target", choices=("onnx", "lite", "sparse-cpu", "all"), default="onnx",
+    p.add_argument("--target", default="onnx", metavar="{onnx,lite,sparse-cpu,all}[,...]",
                    help="onnx: NAME.onnx + NAME.sparse.onnx (default); lite: lite/NAME.pdmodel + .pdiparams "
                    "(legacy IR, for Paddle Lite's opt); sparse-cpu: sparse-cpu/NAME.json + .pdiparams, the layers "
                    "measured faster on this CPU run on sparse kernels (load it with "
-                   "paddleslim_tools.runtime.create_predictor); all: the three. The dense Paddle model NAME.json + "
+                   "paddleslim_tools.runtime.create_predictor); a comma-separated combination (onnx,sparse-cpu); all: the three. The dense Paddle model NAME.json + "
                    "NAME.pdiparams is always written and loads with paddle.jit.load(OUT/NAME)")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13)")
     p.add_argument("--no-compress", action="store_true", help="do not write NAME.sparse.onnx")
@@ -97,14 +97,17 @@ def _run(args: argparse.Namespace) -> "ExportReport":
     chosen = [x for x in ("checkpoint", "inference_model", "check") if getattr(args, x)]
     if len(chosen) != 1:
         raise ExportError("give exactly one of --checkpoint (with --model, --input), --inference-model, --check")
-    needs_onnx = args.target in ("onnx", "all") and not args.check
+    from .specs import parse_targets
+
+    targets = parse_targets(args.target)
+    needs_onnx = "onnx" in targets and not args.check
     if args.check:
         needs_onnx = os.path.isfile(os.path.join(args.check, args.name + ".onnx"))
     missing = missing_extra() if needs_onnx else []
     if missing:
         raise ExportError(f"the ONNX export needs the export extra (missing: {', '.join(missing)}): "
                           f"{INSTALL_EXTRA}")
-    if args.target == "sparse-cpu" and not args.check:  # can it be done here at all? before reading any input
+    if targets == {"sparse-cpu"} and not args.check:  # can it be done here at all? before reading any input
         from .sparse_cpu import require_kernels
 
         require_kernels()

@@ -65,9 +65,12 @@ def relpaths(name: str, target: str = "all") -> List[str]:
     """Every file (relative to ``out_dir``, ``/``-separated) an export under ``name`` may write for ``target``;
     re-exporting removes the ones it does not write this time."""
     out = [name + e for e in _MODEL_EXTS] + [name + ".onnx", name + ".sparse.onnx", name + REPORT_SUFFIX]
-    if target in ("lite", "all"):
+    from .specs import parse_targets
+
+    targets = parse_targets(target)
+    if "lite" in targets:
         out += [f"{LITE_DIR}/{name}.pdmodel", f"{LITE_DIR}/{name}.pdiparams"]
-    if target in ("sparse-cpu", "all"):
+    if "sparse-cpu" in targets:
         out += [f"{SPARSE_CPU_DIR}/{name}.json", f"{SPARSE_CPU_DIR}/{name}.pdiparams"]
     return out
 

@@ -9,12 +9,13 @@ import paddle
 
 from .errors import ExportError
 
-__all__ = ["parse_input_spec", "check_input_spec", "ExportOptions", "np_dtype", "TARGETS", "DEFAULT_OPSET"]
+__all__ = ["parse_input_spec", "check_input_spec", "ExportOptions", "np_dtype", "TARGETS", "DEFAULT_OPSET",
+           "parse_targets"]
 
 DEFAULT_OPSET = 13
 #: what an export writes besides the dense Paddle 3 inference model: ONNX (+ compressed), the legacy model for Lite,
-#: the sparse Paddle model for x86 CPUs, or all three
-TARGETS = ("onnx", "lite", "sparse-cpu", "all")
+#: the sparse Paddle model for x86 CPUs; a target is one of them, a comma-separated combination, or "all"
+TARGETS = ("onnx", "lite", "sparse-cpu")
 _DTYPES = ("float32", "float64", "float16", "int32", "int64", "bool", "uint8", "int8")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -24,6 +25,24 @@ def np_dtype(dtype: Any) -> str:
     text = str(dtype).replace("paddle.", "").replace("VarType.", "").replace("DataType.", "").lower()
     table = {"fp32": "float32", "fp64": "float64", "fp16": "float16", "bfloat16": "float32"}
     return table.get(text, text)
+
+
+def parse_targets(target: Any) -> frozenset:
+    """The targets a ``target`` string names: one of :data:`TARGETS`, a comma-separated combination, or ``all``.
+
+    >>> sorted(parse_targets("onnx,sparse-cpu")), sorted(parse_targets("all"))
+    (['onnx', 'sparse-cpu'], ['lite', 'onnx', 'sparse-cpu'])
+    """
+    if not isinstance(target, str):
+        raise ExportError(f"target must be a str like 'onnx' or 'onnx,sparse-cpu'; got {target!r}")
+    if target == "all":
+        return frozenset(TARGETS)
+    parts = [t.strip() for t in target.split(",")]
+    bad = [t for t in parts if t not in TARGETS]
+    if bad or not parts:
+        raise ExportError(f"target must be one of {list(TARGETS)}, a comma-separated combination, or 'all'; "
+                          f"got {target!r}")
+    return frozenset(parts)
 
 
 def parse_input_spec(text: str, index: int = 0) -> paddle.static.InputSpec:
@@ -78,7 +97,8 @@ class ExportOptions:
     ``onnx_transform``: applied to the converted ``onnx.ModelProto`` before it is saved and verified;
     ``target``: ``"onnx"`` (Paddle model + ONNX + compressed ONNX), ``"lite"`` (Paddle model + a legacy-IR
     ``lite/NAME.pdmodel`` for Paddle Lite's opt), ``"sparse-cpu"`` (Paddle model + ``sparse-cpu/NAME.json``, its
-    pruned layers on the sparse CPU operators, written when measured faster) or ``"all"``;
+    pruned layers on the sparse CPU operators, written when measured faster), a comma-separated combination
+    (``"onnx,sparse-cpu"``) or ``"all"``;
     ``nm_pattern``: ``'2:4'`` makes verification also require every qualifying weight to be N:M sparse.
     """
 
@@ -102,8 +122,7 @@ class ExportOptions:
         cut = self.sparse_cutoff
         if cut is not None and (isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 <= cut <= 1):
             raise ExportError(f"sparse_cutoff must be a density in [0, 1] or None; got {cut!r}")
-        if self.target not in TARGETS:
-            raise ExportError(f"target must be one of {list(TARGETS)}; got {self.target!r}")
+        parse_targets(self.target)
         thr = self.sparse_threshold
         if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr <= 1:
             raise ExportError(f"sparse_threshold must be in [0, 1]; got {thr!r}")
@@ -123,15 +142,15 @@ class ExportOptions:
 
     @property
     def onnx(self) -> bool:
-        return self.target in ("onnx", "all")
+        return "onnx" in parse_targets(self.target)
 
     @property
     def lite(self) -> bool:
-        return self.target in ("lite", "all")
+        return "lite" in parse_targets(self.target)
 
     @property
     def sparse_cpu(self) -> bool:
-        return self.target in ("sparse-cpu", "all")
+        return "sparse-cpu" in parse_targets(self.target)
 
     @property
     def outputs(self) -> Sequence[str]:
