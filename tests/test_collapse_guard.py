@@ -230,3 +230,24 @@ def test_the_sparsity_report_flags_empty_and_near_empty_layers(mode):
     table = rep.format_table()
     assert f"EMPTY: {ws[0].name} keeps 0 of 512 weights" in table and f"NEAR-EMPTY: {ws[1].name}" in table
     assert rep.to_dict()["flags"] == rep.flags()
+
+
+@pytest.mark.parametrize("mode", [Dygraph, Static], ids=["dygraph", "static"])
+@pytest.mark.parametrize("option", ["erk", "global-protected"])
+def test_a_state_round_trips_and_a_state_of_another_allocation_is_refused(mode, option):
+    d = _pair(NETS["lenet"], shrink=0)[0]
+    m = d if mode is Dygraph else Static(NETS["lenet"], 0, twin=d)
+    pruner = m.pruner(**OPTIONS[option])
+    pruner.step()
+    state = pruner.state_dict()
+    assert state["config"]["sparsity_allocation"] == OPTIONS[option].get("sparsity_allocation", "global")
+    assert state["thresholds"]  # per-layer (ERK) or the protected layers' own (global)
+    before = (pruner.threshold, dict(pruner.thresholds))
+    pruner.set_state_dict(state)
+    assert (pruner.threshold, dict(pruner.thresholds)) == before
+    pruner.finalize()
+    other = m.pruner(mode="ratio", ratio=OPTIONS[option]["ratio"], sparsity_allocation="uniform")
+    with pytest.raises(ValueError, match=r"state\['config'\]\['sparsity_allocation'\]"):
+        other.set_state_dict(state)
+    if mode is Static:
+        paddle.disable_static()

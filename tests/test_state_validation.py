@@ -154,7 +154,9 @@ def _bad_states(good):
         ("masks", {k: np.ones((2, 2), bool)}, ValueError),
         ("masks", {"no.such.param": np.zeros(1, np.uint8)}, ValueError),
         ("masks", {k: [1, 2, 3]}, TypeError), ("masks", [], TypeError),
-        ("thresholds", {k: 0.1}, ValueError),  # per-parameter thresholds into a global pruner
+        # per-parameter thresholds into a global pruner (only layers the collapse guard protected have one, below
+        # the global threshold)
+        ("thresholds", {k: good["threshold"] + 0.1}, ValueError),
         ("thresholds", {k: "x"}, TypeError),
         ("config", dict(good["config"], sparse_block=[2, 2]), ValueError),
         ("config", dict(good["config"], bogus=1), ValueError), ("config", "ratio", TypeError),

@@ -3,11 +3,14 @@ state before anything is applied (pure functions, no Paddle import).
 
 A state (version 2) holds
 
-* ``version``, ``mode``, ``ratio`` (in force), ``threshold``, ``thresholds`` (per parameter key, ``local_sparsity``),
+* ``version``, ``mode``, ``ratio`` (in force), ``threshold``, ``thresholds`` (per parameter key: ``local_sparsity``,
+  a ``'uniform'`` / ``'erk'`` allocation, or the layers the collapse guard protected),
   ``iteration`` (the next step's), ``prunable`` (parameter keys) and ``masks`` (bit-packed, only the masks that are
   not exactly ``weight != 0``) - the version-1 keys;
 * ``config``: the configuration of the pruner that wrote it (``ratio``: the configured / GMP target ratio,
-  ``local_sparsity``, ``sparse_block``, ``sparse_pattern``, ``schedule``); a state is only applied to a pruner
+  ``local_sparsity``, ``sparse_block``, ``sparse_pattern``, ``schedule``, ``sparsity_allocation``, ``min_density``
+  — the last two absent from states written before they existed, meaning ``'global'`` and 0); a state is only
+  applied to a pruner
   with the same configuration and mode (``resume_iteration`` excepted: the state's iteration replaces it);
 * ``fingerprint``: per parameter key ``[kept nonzero count, crc32 of the packed kept-nonzero pattern]`` of the
   weights as the model's checkpoint stores them, so a state applied to weights that are not the ones it was saved
@@ -52,7 +55,9 @@ __all__ = ["STATE_VERSION", "Config", "ParsedState", "parse_state", "fingerprint
 STATE_VERSION = 2
 _V1_KEYS = ("version", "mode", "ratio", "threshold", "thresholds", "iteration", "prunable", "masks")
 _V2_KEYS = _V1_KEYS + ("config", "fingerprint")
-_CONFIG_KEYS = ("ratio", "local_sparsity", "sparse_block", "sparse_pattern", "schedule")
+_CONFIG_KEYS = ("ratio", "local_sparsity", "sparse_block", "sparse_pattern", "schedule", "sparsity_allocation",
+                "min_density")
+_CONFIG_DEFAULTS = {"sparsity_allocation": "global", "min_density": 0.0}  # what a state without them was written with
 _UNCOMPARED_SCHEDULE_FIELDS = ("resume_iteration",)  # where a fresh pruner starts; the state's iteration replaces it
 
 
@@ -66,6 +71,8 @@ class Config:
     sparse_block: Tuple[int, int]
     sparse_pattern: Optional[Tuple[int, int]]
     schedule: Optional[GMPSchedule]
+    sparsity_allocation: str = "global"
+    min_density: float = 0.0
 
     def record(self) -> Dict[str, Any]:
         """The ``config`` entry of a state: plain Python values only (``paddle.save`` keeps them as they are)."""
@@ -74,6 +81,7 @@ class Config:
             "sparse_block": [int(v) for v in self.sparse_block],
             "sparse_pattern": None if self.sparse_pattern is None else "%d:%d" % tuple(self.sparse_pattern),
             "schedule": None if self.schedule is None else _schedule_record(self.schedule),
+            "sparsity_allocation": str(self.sparsity_allocation), "min_density": float(self.min_density),
         }
 
 
@@ -203,9 +211,15 @@ def parse_state(state: Any, config: Config, shapes: Mapping[str, Sequence[int]])
     thresholds = {}
     for k, v in _keyed("state['thresholds']", _mapping("state['thresholds']", state["thresholds"]), keys).items():
         thresholds[k] = _threshold(f"state['thresholds'][{k!r}]", v, mode)
-    if thresholds and not config.local_sparsity:
-        raise ValueError(f"state['thresholds'] has per-parameter thresholds ({len(thresholds)}) but this pruner "
-                         "has local_sparsity=False: the state comes from a pruner with local_sparsity=True")
+    if thresholds and not config.local_sparsity and config.sparsity_allocation == "global":
+        # a global pruner's only per-parameter thresholds are those of layers the collapse guard kept at their
+        # floor, which lie below the global threshold (that is why they were protected)
+        above = next((k for k, t in thresholds.items() if not t < threshold), None)
+        if version < 2 or above is not None:
+            raise ValueError(f"state['thresholds'] has per-parameter thresholds ({len(thresholds)}) but this pruner "
+                             "has local_sparsity=False and the global allocation (whose protected layers' thresholds "
+                             "lie below the global one): the state comes from a pruner with local_sparsity=True or "
+                             "another sparsity_allocation")
     masks = {}
     for k, v in _keyed("state['masks']", _mapping("state['masks']", state["masks"]), keys).items():
         masks[k] = _packed(f"state['masks'][{k!r}]", _array(f"state['masks'][{k!r}]", v), shapes[k])
@@ -249,21 +263,21 @@ def _packed(key: str, bits: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 def _check_config(saved: Any, config: Config) -> None:
     saved = _mapping("state['config']", saved)
-    missing = [k for k in _CONFIG_KEYS if k not in saved]
+    missing = [k for k in _CONFIG_KEYS if k not in saved and k not in _CONFIG_DEFAULTS]
     unknown = sorted(str(k) for k in saved if k not in _CONFIG_KEYS)
     if missing or unknown:
         raise ValueError(f"state['config'] must have exactly the keys {list(_CONFIG_KEYS)}; missing {missing}, "
                          f"unknown {unknown}")
     ours = config.record()
     for k in _CONFIG_KEYS:
-        theirs = saved[k]
+        theirs = saved[k] if k in saved else _CONFIG_DEFAULTS[k]
         if k == "sparse_block" and isinstance(theirs, tuple):
             theirs = list(theirs)
         if k == "schedule" and isinstance(theirs, Mapping):
             theirs = {f: v for f, v in theirs.items() if f not in _UNCOMPARED_SCHEDULE_FIELDS}
         if not _same(theirs, ours[k]):
             what = {"ratio": "ratio (GMP: target ratio)", "schedule": "GMP schedule"}.get(k, k)
-            raise _mismatch(f"state['config'][{k!r}]", saved[k], ours[k], what)
+            raise _mismatch(f"state['config'][{k!r}]", theirs, ours[k], what)
 
 
 def _same(a: Any, b: Any) -> bool:
