@@ -33,15 +33,13 @@ import numpy as np
 
 from . import allocation, engine
 from .backend import ArrayBackend, Arrays, Backend
-from .nm import CONV, LINEAR, nm_skip_reason, parse_pattern
+from .options import check_options, resolve_targets
 from .packing import pack_mask
 from .params import resolve_prunable
 from .schedule import GMPSchedule
 from .selection import NonFiniteScoreError, SelectionStats, prune_count
 from .state import STATE_VERSION, Config, check_fingerprints, fingerprints, parse_state, restored_masks
-from .validation import (
-    check_bool, check_mode, check_prune_params_type, check_ratio, check_sparse_block, check_threshold,
-)
+from .validation import check_ratio
 
 __all__ = ["Backend", "Pruner", "ArrayBackend", "Arrays", "STATE_VERSION"]
 
@@ -82,81 +80,40 @@ class Pruner:
         sparsity_allocation: Optional[str] = None,
         min_density: float = 0.0,
     ) -> None:
-        mode = check_mode(mode)
-        ratio = check_ratio(ratio)
-        threshold = check_threshold(threshold)
-        local_sparsity = check_bool("local_sparsity", local_sparsity)
-        block = check_sparse_block(sparse_block)
-        prune_params_type = check_prune_params_type(prune_params_type)
-        if local_sparsity and mode != "ratio":
-            raise ValueError("local_sparsity=True needs mode='ratio'; got mode='threshold'")
-        method = "global" if sparsity_allocation is None else allocation.check_allocation(sparsity_allocation)
-        min_density = allocation.check_min_density(min_density)
-        if local_sparsity and sparsity_allocation is not None:
-            raise ValueError(f"local_sparsity=True and sparsity_allocation={sparsity_allocation!r} cannot be combined: "
-                             "local_sparsity is the seed's per-layer ratio; pass one of them")
-        if mode != "ratio" and (sparsity_allocation is not None or min_density):
-            raise ValueError(f"sparsity_allocation={sparsity_allocation!r} and min_density={min_density!r} need "
-                             "mode='ratio'; got mode='threshold'")
-        if collectives is not None and method != "global":
-            raise ValueError(f"sparsity_allocation={method!r} needs every layer's shape and is not supported with "
-                             "collectives yet; use 'global' (the default) or local_sparsity=True")
-        if skip_params_func is not None and not callable(skip_params_func):
-            raise TypeError(f"skip_params_func must be callable or None; got {skip_params_func!r}")
-        if schedule is not None and (mode != "ratio" or not isinstance(schedule, GMPSchedule)):
-            raise TypeError(f"schedule must be a GMPSchedule with mode='ratio'; got {schedule!r}, mode={mode!r}")
-        if collectives is not None and not all(callable(getattr(collectives, f, None))
-                                               for f in ("allreduce_sum", "allgather")):
-            raise TypeError("collectives must provide allreduce_sum() and allgather() (e.g. "
-                            f"paddleslim_static.collectives.PaddleCollectives()); got {collectives!r}")
-        pattern = None if sparse_pattern is None else parse_pattern(sparse_pattern)
-        if pattern is not None and block != (1, 1):
-            raise ValueError(f"sparse_pattern={sparse_pattern!r} and sparse_block={block} cannot be combined: "
-                             "N:M groups are single weights along the reduction axis")
-        infos = backend.param_infos()
-        skip_names = _call_skip(skip_params_func, backend.target)
-        prunable, skipped = resolve_prunable(infos, skip_names, prune_params_type)
-        layouts: Dict[str, Any] = {}
-        if pattern is not None:  # N:M applies to matmul [in, out] and conv [out, in, kh, kw] weights only
-            for p in prunable:
-                layout = {2: LINEAR, 4: CONV}.get(len(p.shape))
-                if layout is not None and nm_skip_reason(p.shape, pattern[1], layout) is None:
-                    layouts[p.name] = layout
-            skipped = skipped | {p.name for p in prunable if p.name not in layouts}
-            prunable = [p for p in prunable if p.name in layouts]
-        if not prunable:
-            raise ValueError(
-                f"nothing to prune: all {len(infos)} parameters are skipped "
-                f"(prune_params_type={prune_params_type!r}, skip_params_func={skip_params_func!r})"
-            )
-        names = [p.name for p in prunable]
-        shapes = {p.name: tuple(int(d) for d in p.shape) for p in prunable}
-        if mode == "ratio" and collectives is None:  # with collectives the floors are checked over all ranks
+        opts = check_options(
+            mode=mode, ratio=ratio, threshold=threshold, prune_params_type=prune_params_type,
+            skip_params_func=skip_params_func, local_sparsity=local_sparsity, sparse_block=sparse_block,
+            schedule=schedule, sparse_pattern=sparse_pattern, collectives=collectives,
+            sparsity_allocation=sparsity_allocation, min_density=min_density,
+        )
+        targets = resolve_targets(backend.param_infos(), backend.target, opts)
+        names, shapes = targets.names, targets.shapes
+        if opts.mode == "ratio" and collectives is None:  # with collectives the floors are checked over all ranks
             allocation.check_feasible(names, [int(np.prod(shapes[n], dtype=np.int64)) for n in names],
-                                      schedule.target if schedule is not None else ratio, min_density)
+                                      schedule.target if schedule is not None else opts.ratio, opts.min_density)
         backend.check_attach(names, self)
         # every attribute exists before the backend is asked to change anything
         self._backend = backend
         self._prunable: List[str] = names
-        self.mode = mode
-        self.local_sparsity = local_sparsity
-        self.sparsity_allocation = "uniform" if local_sparsity else method
-        self.min_density = min_density
+        self.mode = opts.mode
+        self.local_sparsity = opts.local_sparsity
+        self.sparsity_allocation = "uniform" if opts.local_sparsity else opts.allocation
+        self.min_density = opts.min_density
         self.protected_params: List[str] = []  # layers the last ratio selection kept at their floor
         self._pending_protected: List[str] = []
         self._shapes = shapes
-        self.sparse_block: Tuple[int, int] = block
-        self.sparse_pattern: Optional[Tuple[int, int]] = pattern
+        self.sparse_block: Tuple[int, int] = opts.block
+        self.sparse_pattern: Optional[Tuple[int, int]] = opts.pattern
         self._collectives = collectives
-        self._layouts = layouts
-        self.prune_params_type = prune_params_type
-        self.skip_params = skipped
-        self.threshold = float(threshold)  # as given; compared in float32
+        self._layouts = targets.layouts
+        self.prune_params_type = opts.prune_params_type
+        self.skip_params = targets.skipped
+        self.threshold = float(opts.threshold)  # as given; compared in float32
         self.thresholds: Dict[str, float] = {}
         self._schedule = schedule
         self._finalized = False
         if schedule is None:
-            self.ratio = ratio
+            self.ratio = opts.ratio
             self.cur_iteration = 0
             self._recompute_next = False
         else:
@@ -164,9 +121,9 @@ class Pruner:
             self.ratio = schedule.ratio_at(self.cur_iteration - 1)
             self._recompute_next = self.cur_iteration > 0
         backend.attach(names, self)
-        if mode == "threshold" and backend.weights_ready():  # otherwise on first use, see _masks_reset
+        if self.mode == "threshold" and backend.weights_ready():  # otherwise on first use, see _masks_reset
             self._masks_from_threshold(apply=backend.apply_on_attach)
-        _log.debug("pruning %d of %d parameters (mode=%s)", len(names), len(infos), mode)
+        _log.debug("pruning %d of %d parameters (mode=%s)", len(names), targets.n_params, self.mode)
 
     # -- state -------------------------------------------------------------------------------------
     @property
@@ -478,21 +435,3 @@ class Pruner:
 def _host_work(backend: Backend, names: Sequence[str]) -> Iterator[Tuple[engine.Engine, Arrays, Arrays]]:
     with backend.open(names) as (weights, masks):
         yield engine.HOST, weights, masks
-
-
-def _call_skip(func: Optional[Callable[[Any], Iterable[str]]], target: Any) -> Optional[List[str]]:
-    """The names ``skip_params_func(target)`` returns, as a list; TypeError naming the function otherwise."""
-    if func is None:
-        return None
-    names = func(target)
-    if names is None or isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
-        raise TypeError(
-            f"skip_params_func must return an iterable of parameter/layer names; it returned {names!r} "
-            f"({type(names).__name__})"
-        )
-    names = list(names)
-    bad = [n for n in names if not isinstance(n, str)]
-    if bad:
-        raise TypeError(f"skip_params_func must return names (str); it returned {bad[:3]!r} among them")
-    return names
-
