@@ -67,14 +67,16 @@ class UnstructuredPruner(Pruner):
         collectives: Any = None,
         sparsity_allocation: Optional[str] = None,
         min_density: float = 0.0,
+        schedule: Optional[GMPSchedule] = None,
     ) -> None:
+        """``schedule``: a GMP ratio schedule (what :class:`GMPUnstructuredPruner` passes); needs mode='ratio'."""
         self.model = check_model(model)
         self._layers = LayerBackend(self.model)
         super().__init__(
             self._layers, mode=mode, ratio=ratio, threshold=threshold,
             prune_params_type=prune_params_type, skip_params_func=skip_params_func, local_sparsity=local_sparsity,
             sparse_block=sparse_block, sparse_pattern=sparse_pattern, collectives=collectives,
-            sparsity_allocation=sparsity_allocation, min_density=min_density,
+            sparsity_allocation=sparsity_allocation, min_density=min_density, schedule=schedule,
         )
 
     def param_ids(self) -> Set[int]:
@@ -187,14 +189,11 @@ class GMPUnstructuredPruner(UnstructuredPruner):
         sparsity_allocation: Optional[str] = None,
         min_density: float = 0.0,
     ) -> None:
-        schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the model is touched
-        self.model = check_model(model)
-        self._layers = LayerBackend(self.model)
-        Pruner.__init__(
-            self, self._layers, mode="ratio", ratio=ratio, prune_params_type=prune_params_type,
-            skip_params_func=skip_params_func, local_sparsity=local_sparsity, sparse_block=sparse_block,
-            schedule=schedule, sparse_pattern=sparse_pattern, collectives=collectives,
-            sparsity_allocation=sparsity_allocation, min_density=min_density,
+        super().__init__(  # the UnstructuredPruner given a schedule (validated before the model is touched)
+            model, "ratio", ratio=ratio, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
+            local_sparsity=local_sparsity, sparse_block=sparse_block, sparse_pattern=sparse_pattern,
+            collectives=collectives, sparsity_allocation=sparsity_allocation, min_density=min_density,
+            schedule=GMPSchedule.from_configs(configs, ratio),
         )
 
 

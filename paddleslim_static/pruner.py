@@ -319,14 +319,16 @@ class UnstructuredPruner(Pruner):
         collectives: Any = None,
         sparsity_allocation: Optional[str] = None,
         min_density: float = 0.0,
+        schedule: Optional[GMPSchedule] = None,
     ) -> None:
+        """``schedule``: a GMP ratio schedule (what :class:`GMPUnstructuredPruner` passes); needs mode='ratio'."""
         super().__init__(
             self._bind(program, startup_program, scope, place, _per_layer(local_sparsity, sparsity_allocation),
                        packed_masks), mode=mode, ratio=ratio,
             threshold=threshold, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
             local_sparsity=local_sparsity, sparse_block=sparse_block, sparse_pattern=sparse_pattern,
             collectives=collectives,
-            sparsity_allocation=sparsity_allocation, min_density=min_density,
+            sparsity_allocation=sparsity_allocation, min_density=min_density, schedule=schedule,
         )
 
     def _bind(self, program: Any, startup_program: Any, scope: Any, place: Any, local: Any,
@@ -405,12 +407,10 @@ class GMPUnstructuredPruner(UnstructuredPruner):
         sparsity_allocation: Optional[str] = None,
         min_density: float = 0.0,
     ) -> None:
-        schedule = GMPSchedule.from_configs(configs, ratio)  # validated before the program is touched
-        Pruner.__init__(
-            self, self._bind(program, startup_program, scope, place, _per_layer(local_sparsity, sparsity_allocation),
-                       packed_masks), mode="ratio",
-            ratio=ratio, prune_params_type=prune_params_type, skip_params_func=skip_params_func,
-            local_sparsity=local_sparsity, sparse_block=sparse_block, schedule=schedule, sparse_pattern=sparse_pattern,
-            collectives=collectives,
-            sparsity_allocation=sparsity_allocation, min_density=min_density,
+        super().__init__(  # the UnstructuredPruner given a schedule (validated before the program is touched)
+            program, "ratio", ratio=ratio, scope=scope, place=place, prune_params_type=prune_params_type,
+            skip_params_func=skip_params_func, local_sparsity=local_sparsity, sparse_block=sparse_block,
+            startup_program=startup_program, packed_masks=packed_masks, sparse_pattern=sparse_pattern,
+            collectives=collectives, sparsity_allocation=sparsity_allocation, min_density=min_density,
+            schedule=GMPSchedule.from_configs(configs, ratio),
         )
