@@ -190,3 +190,34 @@ def test_max_scores_of_the_global_selection_are_each_layers_largest_score(block,
             assert maxes == {n: float(element_scores(a, block).max()) for n, a in w.items()}
             assert g == float(np.sort(np.concatenate([element_scores(a, block).ravel() for a in w.values()]))[
                 round(0.7 * sum(a.size for a in w.values()))])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 8), st.integers(1, 8)), min_size=1, max_size=4), st.floats(0.0, 0.995),
+       st.sampled_from(["global", "uniform", "erk"]), st.sampled_from([0.0, 0.0, 0.1, 0.3]),
+       st.lists(st.sampled_from([2.0 ** -13, 2.0 ** -7, 1.0, 8.0]), min_size=4, max_size=4), st.integers(0, 2 ** 31))
+def test_the_pruner_prunes_each_layers_smallest_weights_by_its_allocation(shapes, ratio, method, min_density,
+                                                                          scales, seed):
+    from paddleslim_static.core.backend import ArrayBackend
+    from paddleslim_static.core.pruner import Pruner
+    sizes = [a * b for a, b in shapes]
+    k = int(round(ratio * sum(sizes)))
+    lows = al.floors(sizes, min_density)
+    assume(sum(lows) <= sum(sizes) - k)
+    rng = np.random.default_rng(seed)
+    values = 2 * rng.permutation(sum(sizes)).astype(np.float32) + 1  # odd x power of two: distinct magnitudes
+    w, at = {}, 0
+    for i, (shape, m) in enumerate(zip(shapes, sizes)):
+        w[f"l{i}"] = (values[at:at + m] * scales[i] * rng.choice([-1, 1], m)).astype(np.float32).reshape(shape)
+        at += m
+    ref = {n: np.abs(a).ravel() for n, a in w.items()}
+    Pruner(ArrayBackend(w), mode="ratio", ratio=ratio, sparsity_allocation=method, min_density=min_density).step()
+    pruned = {n: int((a == 0).sum()) for n, a in w.items()}
+    if method == "global":
+        expect = greedy_global({n: list(v) for n, v in ref.items()}, dict(zip(w, lows)), k)
+    else:
+        expect = dict(zip(w, al.prune_counts([s for s in shapes], ratio, method, min_density)))
+    assert pruned == expect
+    for n, a in w.items():  # each layer pruned exactly its smallest magnitudes
+        order = np.argsort(ref[n], kind="stable")
+        assert (a.ravel()[order[:pruned[n]]] == 0).all() and (a.ravel()[order[pruned[n]:]] != 0).all()
