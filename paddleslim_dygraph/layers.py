@@ -30,8 +30,8 @@ from paddleslim_static.core.naming import mask_name
 from paddleslim_static.core.params import ParamInfo
 from paddleslim_static.device_engine import PADDLE, use_device_engine
 
-__all__ = ["LayerBackend", "check_model", "host_array", "owned_params", "live_pruners", "folded_pruners",
-           "NORM_LAYER_NAMES"]
+__all__ = ["LayerBackend", "check_model", "host_array", "owned_params", "is_norm_layer", "live_pruners",
+           "folded_pruners", "NORM_LAYER_NAMES"]
 
 NORM_LAYER_NAMES = frozenset({
     "BatchNorm", "BatchNorm1D", "BatchNorm2D", "BatchNorm3D", "SyncBatchNorm", "LayerNorm", "GroupNorm",
@@ -92,7 +92,8 @@ def host_array(t: paddle.Tensor) -> Tuple[np.ndarray, Optional[Callable[[], None
     return arr, lambda: t.set_value(arr)
 
 
-def _is_norm_layer(layer: paddle.nn.Layer) -> bool:
+def is_norm_layer(layer: paddle.nn.Layer) -> bool:
+    """Whether ``layer`` is a normalization layer (its parameters are never pruned, nor N:M checked)."""
     return isinstance(layer, _NORM_TYPES) or type(layer).__name__ in NORM_LAYER_NAMES
 
 
@@ -106,7 +107,7 @@ def _lite_sparse_conv(layer: paddle.nn.Layer, attr: str) -> bool:
 
 
 def param_infos(model: paddle.nn.Layer) -> List[ParamInfo]:
-    return [ParamInfo(p.name, tuple(p.shape), _is_norm_layer(layer), layer.full_name(),
+    return [ParamInfo(p.name, tuple(p.shape), is_norm_layer(layer), layer.full_name(),
                       str(p.dtype).replace("paddle.", ""), _lite_sparse_conv(layer, attr))
             for layer, attr, p in owned_params(model)]
 
@@ -289,7 +290,8 @@ class LayerBackend:
 
     # -- AMP O2: master weights ----------------------------------------------------------------------
     def add_optimizer(self, optimizer: Any) -> None:
-        """Mask ``optimizer``'s fp32 master weights (AMP O2 / ``multi_precision``) wherever the parameters are masked."""
+        """Mask ``optimizer``'s fp32 master weights (AMP O2 / ``multi_precision``) wherever the parameters are
+        masked."""
         if not isinstance(optimizer, paddle.optimizer.Optimizer):
             raise TypeError(f"optimizer must be a paddle.optimizer.Optimizer; got {type(optimizer).__name__}")
         self._optimizers.add(optimizer)

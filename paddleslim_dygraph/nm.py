@@ -16,36 +16,21 @@ Conv1D/Conv3D and any parameter of another layer type, and depthwise/short weigh
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-import numpy as np
 import paddle
 
 from paddleslim_static.core.nm import CONV, LINEAR, Layout, NMVerdict, check_nm as _check_nm_args
 from paddleslim_static.core.nm import nm_skip_reason, nm_violations
 
+from .layers import check_model, host_array, is_norm_layer, owned_params
+
 __all__ = ["nm_layouts", "check_nm"]
-
-_NORMS = tuple(
-    t for t in (getattr(paddle.nn, n, None) for n in (
-        "BatchNorm", "BatchNorm1D", "BatchNorm2D", "BatchNorm3D", "SyncBatchNorm", "LayerNorm", "GroupNorm",
-        "InstanceNorm1D", "InstanceNorm2D", "InstanceNorm3D", "SpectralNorm", "LocalResponseNorm"))
-    if isinstance(t, type)
-)
-
-
-def _owned(model: paddle.nn.Layer) -> Iterator[Tuple[paddle.nn.Layer, str, paddle.Tensor]]:
-    seen = set()
-    for _, layer in model.named_sublayers(include_self=True):
-        for attr, p in layer.named_parameters(include_sublayers=False):
-            if p.name not in seen:
-                seen.add(p.name)
-                yield layer, attr, p
 
 
 def _role(layer: paddle.nn.Layer, attr: str, shape: Tuple[int, ...]) -> Tuple[Optional[Layout], str]:
     kind = type(layer).__name__
-    if isinstance(layer, _NORMS):
+    if is_norm_layer(layer):
         return None, f"normalization layer parameter ({kind})"
     if len(shape) <= 1:
         return None, "1-D parameter (bias)"
@@ -58,11 +43,10 @@ def _role(layer: paddle.nn.Layer, attr: str, shape: Tuple[int, ...]) -> Tuple[Op
 
 def nm_layouts(model: paddle.nn.Layer, m: int) -> Dict[str, Tuple[Optional[Layout], str]]:
     """Parameter name -> (layout, '') for the weights that qualify for N:M with this M, (None, reason) otherwise."""
-    if not isinstance(model, paddle.nn.Layer):
-        raise TypeError(f"model must be a paddle.nn.Layer; got {type(model).__name__}")
+    check_model(model)
     _check_nm_args(1, m, "m")
     out: Dict[str, Tuple[Optional[Layout], str]] = {}
-    for layer, attr, p in _owned(model):
+    for layer, attr, p in owned_params(model):
         shape = tuple(int(d) for d in p.shape)
         layout, reason = _role(layer, attr, shape)
         if layout is not None:
@@ -71,12 +55,6 @@ def nm_layouts(model: paddle.nn.Layer, m: int) -> Dict[str, Tuple[Optional[Layou
                 layout, reason = None, short
         out[p.name] = (layout, reason)
     return out
-
-
-def _numpy(p: paddle.Tensor) -> np.ndarray:
-    if p.dtype == paddle.bfloat16:
-        return p.astype("float32").numpy()
-    return p.numpy()
 
 
 def check_nm(model: paddle.nn.Layer, n: int, m: int) -> Dict[str, NMVerdict]:
@@ -88,12 +66,12 @@ def check_nm(model: paddle.nn.Layer, n: int, m: int) -> Dict[str, NMVerdict]:
     n, m = _check_nm_args(n, m, "n, m")
     layouts = nm_layouts(model, m)
     out: Dict[str, NMVerdict] = {}
-    for _, _, p in _owned(model):
+    for _, _, p in owned_params(model):
         shape = tuple(int(d) for d in p.shape)
         layout, reason = layouts[p.name]
         if layout is None:
             out[p.name] = NMVerdict(p.name, shape, None, None, reason=reason)
             continue
-        bad, groups = nm_violations(_numpy(p), n, m, layout)
+        bad, groups = nm_violations(host_array(p)[0], n, m, layout)  # read only: no write-back
         out[p.name] = NMVerdict(p.name, shape, layout, bad == 0, bad, groups)
     return out

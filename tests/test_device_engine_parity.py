@@ -120,7 +120,8 @@ def nm_cases(draw):
     n = draw(st.integers(1, m - 1))
     layout = draw(st.sampled_from(["linear", "conv"]))
     shape = ((draw(st.integers(m, 3 * m + 3)), draw(st.integers(1, 6))) if layout == "linear" else
-             (draw(st.integers(1, 4)), draw(st.integers(m, 2 * m + 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))))
+             (draw(st.integers(1, 4)), draw(st.integers(m, 2 * m + 3)), draw(st.integers(1, 3)),
+              draw(st.integers(1, 3))))
     w = rng.standard_normal(shape).astype(np.float32)
     if draw(st.booleans()):
         w = (np.round(w) / 2).astype(np.float32)  # many ties and zeros

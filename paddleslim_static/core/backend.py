@@ -4,7 +4,8 @@ arrays (examples, tests, and any framework that can hand out its weights as nump
 A backend reaches one mode's weights and masks, together with the engine that computes on them (:meth:`Backend.work`:
 host numpy arrays and the numpy/C engine, zero-copy on CPU; or the tensors themselves and the engine of Paddle
 operations, which keeps them on their device), runs the mode's checks, and owns whatever the mode attaches to its
-target (dygraph: buffers and hooks; static: the mask pass and scope variables). See :mod:`paddleslim_static.core.pruner` for the lifecycle that calls it.
+target (dygraph: buffers and hooks; static: the mask pass and scope variables). See
+:mod:`paddleslim_static.core.pruner` for the lifecycle that calls it.
 """
 from __future__ import annotations
 
