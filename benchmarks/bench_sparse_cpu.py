@@ -25,7 +25,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 
 warnings.filterwarnings("ignore", message=".*ccache.*")
@@ -36,6 +35,8 @@ import paddle  # noqa: E402
 
 from paddleslim_tools.runtime import create_predictor, load_library  # noqa: E402
 from paddleslim_tools.runtime.convert import convert_layers, layer_candidates  # noqa: E402
+from paddleslim_tools.runtime.predictor import predictor_runner  # noqa: E402
+from paddleslim_tools.runtime.timing import median_seconds  # noqa: E402
 
 
 def prune_(model: paddle.nn.Layer, ratio: float, kinds=("linear",), seed: int = 0) -> None:
@@ -76,29 +77,12 @@ def _pred(prefix, mkldnn, sparse):
 
 
 def _runner(pred, x):
-    h = pred.get_input_handle(pred.get_input_names()[0])
-    out = pred.get_output_handle(pred.get_output_names()[0])
-
-    def run():
-        h.reshape(x.shape)
-        h.copy_from_cpu(x)
-        pred.run()
-        return out.copy_to_cpu()
-    return run
+    run = predictor_runner(pred, {"x": x})
+    return lambda: run()[0]
 
 
-def _time(fn, min_s=0.05, max_calls=200):
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-6)
-    n = int(min(max_calls, max(3, min_s / one)))
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+def _time(fn):
+    return median_seconds(fn, min_seconds=0.05, max_calls=200)
 
 
 def compare(dense, sparse, x, rounds):

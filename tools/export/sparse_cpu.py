@@ -17,13 +17,14 @@ import dataclasses
 import os
 import shutil
 import statistics
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import paddle
 
 from .errors import ExportError
+from paddleslim_tools.runtime.timing import median_seconds
+
 from .layout import sparse_cpu_prefix
 
 __all__ = ["MIN_LAYER_SPEEDUP", "SparseCpuResult", "require_kernels", "skipped", "kernels_or_skip", "save_sparse_layer",
@@ -149,48 +150,21 @@ def _save(layer: paddle.nn.Layer, specs: Sequence[paddle.static.InputSpec], tmp:
     result.model_file, result.params_file = prefix + ".json", prefix + ".pdiparams"
 
 
-def _runner(predictor: Any, feeds: Dict[str, np.ndarray]) -> Callable[[], List[np.ndarray]]:
-    names = predictor.get_input_names()
-    handles = [predictor.get_input_handle(n) for n in names]
-    outs = [predictor.get_output_handle(n) for n in predictor.get_output_names()]
-    values = list(feeds.values())
-
-    def run() -> List[np.ndarray]:
-        for h, v in zip(handles, values):
-            h.reshape(list(v.shape))
-            h.copy_from_cpu(v)
-        predictor.run()
-        return [o.copy_to_cpu() for o in outs]
-    return run
-
-
-def _median_seconds(fn: Callable[[], Any], min_s: float = 0.03) -> float:
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    n = int(min(200, max(3, min_s / max(time.perf_counter() - t0, 1e-7))))
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
 def _time_end_to_end(result: SparseCpuResult, dense_prefix: str, feeds: Dict[str, np.ndarray]) -> None:
     """Median over paired rounds of (faster dense configuration / sparse), one thread, at the export's inputs."""
     from paddleslim_tools.runtime import create_predictor
+    from paddleslim_tools.runtime.predictor import predictor_runner
 
     from .loading import model_files
 
     dense_model, dense_params, _ = model_files(dense_prefix)
-    dense_on = _runner(create_predictor(dense_model, dense_params, mkldnn=True), feeds)
-    dense_off = _runner(create_predictor(dense_model, dense_params, mkldnn=False), feeds)
-    sparse = _runner(create_predictor(result.model_file, result.params_file), feeds)
+    dense_on = predictor_runner(create_predictor(dense_model, dense_params, mkldnn=True), feeds)
+    dense_off = predictor_runner(create_predictor(dense_model, dense_params, mkldnn=False), feeds)
+    sparse = predictor_runner(create_predictor(result.model_file, result.params_file), feeds)
     ratios, dense_t, sparse_t = [], [], []
     for _ in range(_ROUNDS):
-        d = min(_median_seconds(dense_on), _median_seconds(dense_off))
-        t = _median_seconds(sparse)
+        d = min(median_seconds(dense_on), median_seconds(dense_off))
+        t = median_seconds(sparse)
         dense_t.append(d)
         sparse_t.append(t)
         ratios.append(d / t)
@@ -202,10 +176,11 @@ def check_sparse_model(result: SparseCpuResult, dense_model: str, dense_params: 
                        rtol: float) -> List[Any]:
     """The sparse predictor's outputs against the dense predictor's on ``feeds``."""
     from paddleslim_tools.runtime import create_predictor
+    from paddleslim_tools.runtime.predictor import predictor_runner
 
     from ..verify import compare_outputs
 
-    dense = _runner(create_predictor(dense_model, dense_params), feeds)
+    dense = predictor_runner(create_predictor(dense_model, dense_params), feeds)
     sparse_pred = create_predictor(result.model_file, result.params_file)
-    return compare_outputs(sparse_pred.get_output_names(), dense(), _runner(sparse_pred, feeds)(), rtol=rtol,
-                           what="sparse-cpu vs paddle")
+    return compare_outputs(sparse_pred.get_output_names(), dense(), predictor_runner(sparse_pred, feeds)(),
+                           rtol=rtol, what="sparse-cpu vs paddle")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -19,6 +18,7 @@ import numpy as np
 import paddle
 
 from .layers import SparseConv1x1, SparseLinear, conv1x1_unsupported
+from .timing import median_seconds
 
 __all__ = ["Candidate", "LayerPlan", "layer_candidates", "plan_conversion", "convert_layers"]
 
@@ -126,20 +126,6 @@ def _inputs_of(model: paddle.nn.Layer, cands: Sequence[Candidate], inputs: Seque
     return seen
 
 
-def _median_call(fn, min_s: float) -> float:
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    n = int(min(500, max(3, min_s / one)))
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
 def plan_conversion(model: paddle.nn.Layer, inputs: Sequence[paddle.Tensor], *, min_speedup: float = 1.1,
                     max_density: float = 0.7, rounds: int = 5, min_seconds: float = 0.01) -> List[LayerPlan]:
     """Measure each candidate layer dense and sparse on its real input (paired rounds, medians); a layer is
@@ -167,8 +153,8 @@ def plan_conversion(model: paddle.nn.Layer, inputs: Sequence[paddle.Tensor], *, 
         with paddle.no_grad():
             dense_t, sparse_t = [], []
             for _ in range(rounds):
-                dense_t.append(_median_call(lambda: c.layer(x), min_seconds))
-                sparse_t.append(_median_call(lambda: sparse(x), min_seconds))
+                dense_t.append(median_seconds(lambda: c.layer(x), min_seconds))
+                sparse_t.append(median_seconds(lambda: sparse(x), min_seconds))
         plan.rounds = [d / s for d, s in zip(dense_t, sparse_t)]
         plan.dense_ms, plan.sparse_ms = statistics.median(dense_t) * 1e3, statistics.median(sparse_t) * 1e3
         ratio = statistics.median(plan.rounds)

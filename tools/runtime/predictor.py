@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, List, Mapping, Union
 
 from .loader import OPS, KernelsUnavailable, load_library
 
-__all__ = ["create_predictor", "uses_sparse_ops", "explain_predictor_error"]
+__all__ = ["create_predictor", "uses_sparse_ops", "explain_predictor_error", "predictor_runner"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _CRYPTIC = "kernel output args (0) defs should equal op outputs"
@@ -83,3 +83,21 @@ def create_predictor(model_file: PathLike, params_file: PathLike, threads: int =
         if why:
             raise KernelsUnavailable(why) from None
         raise
+
+
+def predictor_runner(predictor: Any, feeds: Mapping[str, Any]) -> Callable[[], List[Any]]:
+    """A function that feeds ``feeds`` (numpy arrays, in the predictor's input order) and returns the outputs as
+    numpy arrays: what timing loops and output checks call."""
+    handles = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
+    outs = [predictor.get_output_handle(n) for n in predictor.get_output_names()]
+    values = list(feeds.values())
+    if len(values) != len(handles):
+        raise ValueError(f"the predictor takes {len(handles)} inputs; got {len(values)} feeds")
+
+    def run() -> List[Any]:
+        for h, v in zip(handles, values):
+            h.reshape(list(v.shape))
+            h.copy_from_cpu(v)
+        predictor.run()
+        return [o.copy_to_cpu() for o in outs]
+    return run
