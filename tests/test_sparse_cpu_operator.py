@@ -206,3 +206,42 @@ def test_oneDNN_layouts_reaching_the_operator_are_reordered(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _ONEDNN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_one_library_per_process_and_its_stamp():
+    import json
+
+    from paddleslim_tools.runtime.build import LIB_NAME, paddle_stamp
+
+    lib = load_library()
+    assert load_library() is lib  # loaded once; a second library registering the ops would abort Paddle
+    assert lib.origin in ("installed", "cache", "built") and lib.path.name == LIB_NAME
+    stamp = json.loads((lib.path.parent / f"{LIB_NAME}.json").read_text())
+    assert stamp == paddle_stamp()  # built for this Paddle build and these sources
+    with pytest.raises(ValueError, match="n must be an int >= 0"):
+        lib.set_num_threads(-1)
+
+
+_STALE_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from paddleslim_tools.runtime import loader
+from paddleslim_tools.runtime.build import LIB_NAME
+cache = loader.cache_dir()
+cache.mkdir(parents=True)
+(cache / LIB_NAME).write_bytes(b"not a library")
+(cache / (LIB_NAME + ".json")).write_text(json.dumps({"paddle": "0.0", "commit": "x", "sources": "y"}))
+loader._INSTALLED = Path(sys.argv[1])  # pretend nothing was installed
+lib = loader.load_library()
+print(lib.origin, lib.isa)
+"""
+
+
+def test_a_stale_cached_library_is_rebuilt_not_loaded(tmp_path):
+    """A library stamped for another Paddle (or other sources) is never loaded: it is rebuilt (its C++ API would
+    not match)."""
+    proc = subprocess.run([sys.executable, "-c", _STALE_SCRIPT, str(tmp_path / "none")], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PADDLESLIM_CACHE=str(tmp_path / "cache")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    origin, isa = proc.stdout.split()
+    assert origin == "built" and isa in ("portable", "avx2", "avx512")
