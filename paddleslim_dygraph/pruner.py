@@ -6,26 +6,27 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import paddle
 
-from paddleslim_static.core import density as _density
+from paddleslim_static.core.density import density_by_name, density_of
 from paddleslim_static.core.naming import NameKeyed
 from paddleslim_static.core.params import is_conv1x1
 from paddleslim_static.core.pruner import Pruner
 from paddleslim_static.core.schedule import GMPSchedule
+from paddleslim_static.core.validation import DEFAULT_RATIO, DEFAULT_THRESHOLD, check_positional_trap
 
 from .layers import LayerBackend, check_model, folded_pruners, host_array, live_pruners, owned_params
 
 __all__ = ["UnstructuredPruner", "GMPUnstructuredPruner", "density", "sparsity", "folded"]
 
 
-def _arrays(model: paddle.nn.Layer, only: Optional[Callable[[Sequence[int]], bool]] = None):
+def _params(model: paddle.nn.Layer):
+    """(name, shape, host array) of every parameter, read lazily (what the core's density queries take)."""
     for _, _, p in owned_params(check_model(model)):
-        if only is None or only(p.shape):
-            yield host_array(p)[0]
+        yield p.name, tuple(p.shape), host_array(p)[0]
 
 
 def density(model: paddle.nn.Layer) -> float:
     """Nonzero / all elements over every parameter of ``model`` (BatchNorm statistics included)."""
-    return _density(_arrays(model))
+    return density_of(_params(model))
 
 
 def sparsity(model: paddle.nn.Layer) -> float:
@@ -56,8 +57,8 @@ class UnstructuredPruner(Pruner):
         self,
         model: paddle.nn.Layer,
         mode: str,
-        threshold: float = 0.01,
-        ratio: float = 0.3,
+        threshold: float = DEFAULT_THRESHOLD,
+        ratio: float = DEFAULT_RATIO,
         prune_params_type: Optional[str] = None,
         skip_params_func: Optional[Callable[[paddle.nn.Layer], Iterable[str]]] = None,
         local_sparsity: bool = False,
@@ -70,6 +71,7 @@ class UnstructuredPruner(Pruner):
         schedule: Optional[GMPSchedule] = None,
     ) -> None:
         """``schedule``: a GMP ratio schedule (what :class:`GMPUnstructuredPruner` passes); needs mode='ratio'."""
+        check_positional_trap(mode, ratio, threshold, "(model, mode, threshold, ratio, ...)")
         self.model = check_model(model)
         self._layers = LayerBackend(self.model)
         super().__init__(
@@ -150,7 +152,7 @@ class UnstructuredPruner(Pruner):
     @staticmethod
     def total_sparse_conv1x1(model: paddle.nn.Layer) -> float:
         """Density of the 4-D 1x1 convolution weights of ``model``."""
-        return _density(_arrays(model, is_conv1x1))
+        return density_of(_params(model), is_conv1x1)
 
     @staticmethod
     def sparse_by_layer(model: paddle.nn.Layer) -> Dict[str, float]:
@@ -158,7 +160,7 @@ class UnstructuredPruner(Pruner):
         model = check_model(model)
         structured = {id(p): k for k, p in model.named_parameters()}
         owned = [p for _, _, p in owned_params(model)]
-        return NameKeyed({p.name: _density([host_array(p)[0]]) for p in owned},
+        return NameKeyed(density_by_name(_params(model)),
                          {structured[id(p)]: p.name for p in owned if id(p) in structured})
 
 

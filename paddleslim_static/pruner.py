@@ -24,13 +24,14 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import numpy as np
 import paddle
 
-from .core import density as _density
+from .core.density import density_by_name, density_of
 from .core.params import ParamInfo, is_conv1x1
 from .core.packing import pack_mask, unpack_mask
 from .core.pruner import Pruner
 from .core.schedule import GMPSchedule
+from .core.validation import DEFAULT_RATIO, DEFAULT_THRESHOLD, check_positional_trap
 from .mask_pass import MaskPassResult, apply_mask_pass, unmasked_params
-from .programs import check_program, is_pir_program, param_infos, parameter_names, program_mode
+from .programs import check_program, is_pir_program, param_infos, program_mode
 from .core.engine import HOST, Engine
 from .device_engine import PADDLE, pack_bits, unpack_bits, use_device_engine
 from .scope_io import (
@@ -62,17 +63,18 @@ def _scope(scope: Any) -> Any:
     return paddle.static.global_scope() if scope is None else scope
 
 
-def _param_arrays(program: Any, scope: Any, only: Optional[Callable[[Sequence[int]], bool]] = None):
+def _params(program: Any, scope: Any):
+    """(name, shape, host view) of every parameter of ``program`` in ``scope`` (BatchNorm statistics included), read
+    lazily (what the core's density queries take)."""
     scope = _scope(scope)
     for info in param_infos(check_program(program)):
-        if only is None or only(info.shape):
-            yield host_view(tensor_of(scope, info.name))[0]
+        yield info.name, info.shape, host_view(tensor_of(scope, info.name))[0]
 
 
 def density(program: Any, scope: Any = None) -> float:
     """Nonzero / all elements over every parameter of ``program`` (BatchNorm statistics included),
     read from ``scope`` (default: the global scope)."""
-    return _density(_param_arrays(program, scope))
+    return density_of(_params(program, scope))
 
 
 def sparsity(program: Any, scope: Any = None) -> float:
@@ -304,8 +306,8 @@ class UnstructuredPruner(Pruner):
         self,
         program: Any,
         mode: str,
-        ratio: float = 0.3,
-        threshold: float = 0.01,
+        ratio: float = DEFAULT_RATIO,
+        threshold: float = DEFAULT_THRESHOLD,
         scope: Any = None,
         place: Any = None,
         prune_params_type: Optional[str] = None,
@@ -322,6 +324,7 @@ class UnstructuredPruner(Pruner):
         schedule: Optional[GMPSchedule] = None,
     ) -> None:
         """``schedule``: a GMP ratio schedule (what :class:`GMPUnstructuredPruner` passes); needs mode='ratio'."""
+        check_positional_trap(mode, ratio, threshold, "(program, mode, ratio, threshold, ...)")
         super().__init__(
             self._bind(program, startup_program, scope, place, _per_layer(local_sparsity, sparsity_allocation),
                        packed_masks), mode=mode, ratio=ratio,
@@ -376,13 +379,12 @@ class UnstructuredPruner(Pruner):
     @staticmethod
     def total_sparse_conv1x1(program: Any, scope: Any = None) -> float:
         """Density of the 4-D 1x1 convolution weights of ``program``."""
-        return _density(_param_arrays(program, scope, is_conv1x1))
+        return density_of(_params(program, scope), is_conv1x1)
 
     @staticmethod
     def sparse_by_layer(program: Any, scope: Any = None) -> Dict[str, float]:
         """Parameter name -> density."""
-        scope = _scope(scope)
-        return {n: _density([host_view(tensor_of(scope, n))[0]]) for n in parameter_names(program)}
+        return density_by_name(_params(program, scope))
 
 
 class GMPUnstructuredPruner(UnstructuredPruner):

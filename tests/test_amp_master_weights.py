@@ -8,7 +8,6 @@ CPU) updates the bfloat16 weight directly and never reads or writes its master. 
 reach the masters the optimizer holds, in both engines, and emulate the GPU kernel's master update by writing the
 master directly; that the GPU optimizer then keeps the zeros is not verified here.
 """
-import numpy as np
 import paddle
 import pytest
 
