@@ -10,6 +10,43 @@ PRUNE_PARAMS_TYPES = (None, "conv1x1_only", "lite_sparse_conv")
 _F32_MAX = 3.4028234663852886e38
 
 
+class _Default(float):
+    """A default value the caller did not give: it prints and computes as the number, and ``is`` tells it apart
+    from the same number passed explicitly."""
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+DEFAULT_RATIO = _Default(0.3)
+DEFAULT_THRESHOLD = _Default(0.01)
+
+
+def check_positional_trap(mode: object, ratio: object, threshold: object, order: str) -> None:
+    """The positional-argument trap: the dygraph seed's order is ``(model, mode, threshold, ratio)``, the static one's
+    ``(program, mode, ratio, threshold)``. A value for the parameter ``mode`` does not use, while the one it uses is
+    left at its default (:data:`DEFAULT_RATIO` / :data:`DEFAULT_THRESHOLD`), is a ValueError naming both and
+    ``order``.
+
+    >>> check_positional_trap("ratio", 0.5, DEFAULT_THRESHOLD, "(program, mode, ratio, threshold, ...)")
+    >>> check_positional_trap("ratio", DEFAULT_RATIO, 0.5, "(model, mode, threshold, ratio, ...)")
+    Traceback (most recent call last):
+    ...
+    ValueError: mode='ratio' uses ratio, left at its default 0.3, but threshold=0.5 was given, which mode='ratio' does not use; the argument order here is (model, mode, threshold, ratio, ...): pass ratio=0.5 by keyword
+    """
+    used, unused = {"ratio": ("ratio", "threshold"), "threshold": ("threshold", "ratio")}.get(
+        mode if isinstance(mode, str) else "", (None, None))
+    if used is None:
+        return  # a bad mode is check_mode's to report
+    values = {"ratio": (ratio, DEFAULT_RATIO), "threshold": (threshold, DEFAULT_THRESHOLD)}
+    (u, u_default), (x, x_default) = values[used], values[unused]
+    if u is u_default and x is not x_default:
+        raise ValueError(
+            f"mode={mode!r} uses {used}, left at its default {float(u_default)!r}, but {unused}={x!r} was given, "
+            f"which mode={mode!r} does not use; the argument order here is {order}: pass {used}={x!r} by keyword"
+        )
+
+
 def check_choice(name: str, value: object, choices: Tuple[str, ...]) -> str:
     """``value`` is one of the strings ``choices``."""
     if not isinstance(value, str):
