@@ -235,7 +235,10 @@ class PaddleEngine:
         return next((n for n, w in weights.items() if not bool(paddle.isfinite(w).all())), None)
 
     def to_host(self, x: paddle.Tensor) -> np.ndarray:
-        """A host copy (explicit: only error paths and checkpoints ask)."""
+        """A host copy (explicit: only error paths and checkpoints ask); bfloat16 widened to float32 exactly, as the
+        numpy/C engine sees it."""
+        if x.dtype == paddle.bfloat16:
+            return (x.numpy().astype(np.uint32) << np.uint32(16)).view(np.float32)
         return x.numpy()
 
 

@@ -363,7 +363,7 @@ class UnstructuredPruner(Pruner):
         """Parameter name -> a copy of its current mask (bool numpy array)."""
         self._check_live()
         self._masks_reset()
-        with self._backend.open(self._prunable) as (_, masks):
+        with self._backend.open(self._prunable, write=False) as (_, masks):
             return {n: m.copy() for n, m in masks.items()}
 
     def summarize_weights(self, program: Any = None, ratio: float = 0.1) -> float:

@@ -190,3 +190,20 @@ def test_bench_device_counts_the_bytes_per_call(tmp_path):
     assert res["paddle"]["ratio step bytes"] <= 1024
     assert res["paddle"]["gmp quiet step bytes"] == 0 and res["paddle"]["armed forward bytes"] == 0
     assert res["numpy"]["gmp quiet step bytes"] == 5 * n and res["numpy"]["armed forward bytes"] == 5 * n
+
+
+def test_state_dict_reads_without_writing_back(device_engine):
+    """A checkpoint needs the weights on the host (fingerprint, packed masks): they are read, never written back."""
+    model = mlp(64)
+    pruner = dy.UnstructuredPruner(model, "ratio", ratio=0.5)
+    pruner.step()
+    with host_traffic() as meter:
+        state = pruner.state_dict()
+    assert not meter.of("to_device") and not meter.of("host_view"), meter.events
+    other = mlp(64)
+    other.set_state_dict(model.state_dict())
+    restored = dy.UnstructuredPruner(other, "ratio", ratio=0.5)
+    restored.set_state_dict(state)
+    for key, p in model.named_parameters():  # structured names: the two models' parameter names differ
+        if p.name in pruner.prunable_params:
+            np.testing.assert_array_equal(restored.masks[key].numpy(), pruner.masks[key].numpy())

@@ -218,7 +218,10 @@ class Pruner:
             return engine.summarize(self._backend.weights_of(target, [p.name for p in prunable]), ratio)
         self._check_live()
         with self._work(write=False) as (eng, weights, _):
-            return eng.summarize(weights, ratio)
+            try:
+                return eng.summarize(weights, ratio)
+            except NonFiniteScoreError as exc:
+                raise _named_nonfinite(eng, weights, exc, "summarize_weights cannot rank |w|") from exc
 
     def finalize(self) -> None:
         """Apply the masks for good and detach them from the target; the pruner refuses further calls and a new
@@ -238,7 +241,7 @@ class Pruner:
         self._check_live()
         self._masks_reset()
         key = self._backend.state_keys(self._prunable)
-        with self._backend.open(self._prunable) as (weights, masks):
+        with self._read_host() as (weights, masks):
             exact = {key[n]: pack_mask(masks[n]) for n in self._prunable
                      if not np.array_equal(masks[n], weights[n] != 0)}
             prints = fingerprints({key[n]: weights[n] for n in self._prunable},
@@ -260,7 +263,7 @@ class Pruner:
         key = self._backend.state_keys(self._prunable)
         shapes = {p.name: tuple(p.shape) for p in self._backend.param_infos()}
         parsed = parse_state(state, self._config(), {key[n]: shapes[n] for n in self._prunable})
-        with self._backend.open(self._prunable) as (weights, _):
+        with self._read_host() as (weights, _):
             by_key = {key[n]: weights[n] for n in self._prunable}
             restored = restored_masks(parsed, by_key)
             check_fingerprints(parsed, by_key, restored)
@@ -309,11 +312,7 @@ class Pruner:
         try:
             g, per = self._allocate(weights, ratio, sources)
         except NonFiniteScoreError as exc:
-            bad = self._engine.first_nonfinite(weights)
-            if bad is not None and repr(bad) not in str(exc):
-                raise NonFiniteScoreError(f"weights of {bad!r} contain NaN or Inf; ratio mode cannot place a "
-                                          "threshold among non-finite values") from exc
-            raise
+            raise _named_nonfinite(self._engine, weights, exc, "ratio mode cannot place a threshold") from exc
         return (self.threshold if g is None else float(g)), {n: float(t) for n, t in per.items()}
 
     def _allocate(self, weights: Arrays, ratio: float, sources: Optional[engine.Sources]
@@ -422,6 +421,13 @@ class Pruner:
             finally:
                 self._engine = engine.HOST
 
+    @contextlib.contextmanager
+    def _read_host(self) -> Iterator[Tuple[Arrays, Arrays]]:
+        """Host arrays of the weights and masks to read (checkpoints): views on the CPU, copies from a device
+        (bfloat16 widened to float32, as the numpy/C engine sees it); nothing is written back."""
+        with self._work(write=False) as (eng, weights, masks):
+            yield ({n: eng.to_host(w) for n, w in weights.items()}, {n: eng.to_host(m) for n, m in masks.items()})
+
     def _masks_from_threshold(self, apply: bool) -> None:
         with self._work() as (_, weights, masks):
             self._fill(weights, masks, self.threshold, {}, apply=apply)
@@ -429,6 +435,23 @@ class Pruner:
         self._backend.store_thresholds(self.threshold, self.thresholds)
         if apply:
             self._backend.after_apply()
+
+
+def _named_nonfinite(eng: engine.Engine, weights: Arrays, exc: NonFiniteScoreError, what: str
+                     ) -> NonFiniteScoreError:
+    """``exc`` (scores are |w|, so the selection sees -Inf as Inf) restated with the weight's name and what it holds:
+    NaN, +Inf and/or -Inf (error path only: one host copy of that weight)."""
+    bad = eng.first_nonfinite(weights)
+    if bad is None:  # another rank's weights: the selection's message says so
+        return exc
+    try:
+        w = np.asarray(eng.to_host(weights[bad]), dtype=np.float32)
+        kinds = [k for k, hit in (("NaN", np.isnan(w).any()), ("+Inf", np.isposinf(w).any()),
+                                  ("-Inf", np.isneginf(w).any())) if hit]
+    except (TypeError, ValueError):  # a dtype numpy cannot widen: say what the selection saw
+        kinds = []
+    return NonFiniteScoreError(f"weights of {bad!r} contain {' and '.join(kinds) or 'NaN or Inf'}; {what} among "
+                               "non-finite values")
 
 
 @contextlib.contextmanager
