@@ -54,6 +54,8 @@ class PruningCallback(paddle.callbacks.Callback):
             pruner behind it is moved forward (``pruner.seek``) before its first step; one ahead of it is refused
             (``ValueError``), never rewound.
 
+    Under AMP O2 the fp32 master weights of ``fit``'s optimizer are masked with the weights
+    (:meth:`~paddleslim_dygraph.UnstructuredPruner.mask_master_weights`).
     Under AMP (``prepare(amp_configs=...)``) a step the GradScaler skips because of inf/NaN gradients still counts
     as an optimizer step (hapi issues it; the weights simply do not move), so the count stays a function of the
     batch index and resuming needs no bookkeeping beyond ``global_step``.
@@ -94,6 +96,9 @@ class PruningCallback(paddle.callbacks.Callback):
             self.global_step = max(self.global_step, self.pruner.cur_iteration)
         self._check_pruner(self.global_step)
         self._check_network()
+        optimizer = getattr(self.model, "_optimizer", None)
+        if isinstance(optimizer, paddle.optimizer.Optimizer):  # AMP O2: its fp32 master weights are masked too
+            self.pruner.mask_master_weights(optimizer)
         k = getattr(self.model, "_accumulate", 1)
         self._accumulate = int(k) if isinstance(k, Integral) and k >= 1 else 1
         self._batches = self._loader_length()

@@ -100,3 +100,26 @@ def test_mask_master_weights_rejects_a_non_optimizer():
     pruner = dy.UnstructuredPruner(model, "ratio", ratio=0.5)
     with pytest.raises(TypeError, match="optimizer must be a paddle.optimizer.Optimizer"):
         pruner.mask_master_weights(object())
+
+
+def test_fit_masks_the_master_weights_of_its_optimizer():
+    """paddle.Model.fit with PruningCallback: the callback hands fit's optimizer to the pruner."""
+    from paddleslim_dygraph.hapi import PruningCallback
+
+    class Batches(paddle.io.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            x = paddle.randn([16, 8]).numpy()
+            return x, x[:1, :1] * 0
+
+    paddle.seed(0)
+    net = Elementwise()
+    model = paddle.Model(net)
+    opt = paddle.optimizer.SGD(0.1, parameters=net.parameters(), multi_precision=True)
+    model.prepare(opt, loss=lambda out, y: out)
+    pruner = dy.UnstructuredPruner(net, "ratio", ratio=0.5)
+    model.fit(Batches(), batch_size=1, epochs=1, verbose=0, callbacks=[PruningCallback(pruner)])
+    pruned = ~pruner.masks[net.weight.name].numpy()
+    assert (opt._master_weights[net.weight.name].numpy()[pruned] == 0).all()
