@@ -207,3 +207,19 @@ def test_state_dict_reads_without_writing_back(device_engine):
     for key, p in model.named_parameters():  # structured names: the two models' parameter names differ
         if p.name in pruner.prunable_params:
             np.testing.assert_array_equal(restored.masks[key].numpy(), pruner.masks[key].numpy())
+
+
+def test_static_write_back_place_is_the_tensors_own():
+    """A copy is written back to the place its tensor lives on, as the specific place type DenseTensor.set takes
+    (the generic ``_place()`` the old fallback passed is refused). Only the CPU branch runs here."""
+    from paddleslim_static.scope_io import own_place, tensor_of, write_scope
+
+    scope = paddle.static.Scope()
+    write_scope(scope, "v", np.arange(3, dtype=np.float32))  # a new variable, no place given: the CPU
+    t = tensor_of(scope, "v")
+    assert isinstance(own_place(t), type(paddle.CPUPlace()))
+    with pytest.raises(TypeError):
+        t.set(np.zeros(3, np.float32), t._place())
+    write_scope(scope, "v", np.full(3, 7, np.float32), place=paddle.CPUPlace())  # existing: stays where it lives
+    np.testing.assert_array_equal(np.array(tensor_of(scope, "v")), [7, 7, 7])
+    assert tensor_of(scope, "v")._place().is_cpu_place()
