@@ -31,6 +31,7 @@ from .core.pruner import Pruner
 from .core.schedule import GMPSchedule
 from .core.validation import DEFAULT_RATIO, DEFAULT_THRESHOLD, check_positional_trap
 from .mask_pass import MaskPassResult, apply_mask_pass, unmasked_params
+from .mask_repr import adopt_representation
 from .programs import check_program, is_pir_program, param_infos, program_mode
 from .core.engine import HOST, Engine
 from .device_engine import PADDLE, pack_bits, unpack_bits, use_device_engine
@@ -125,6 +126,7 @@ class ProgramBackend:
         self.pass_result = apply_mask_pass(self.program, self.startup_program, names, scalars, packed=self.packed)
         self.mask_of = dict(self.pass_result.mask_vars)
         shapes = {p.name: p.shape for p in self.param_infos()}
+        self._mask_shapes = {n: tuple(shapes[n]) for n in names}  # mask_repr: what each mask variable must hold
         for n in names:
             ones = np.ones(shapes[n], dtype=bool)
             if self.packed:
@@ -147,6 +149,7 @@ class ProgramBackend:
              ) -> Iterator[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
         """Host arrays of the weights and bool masks (copies off the CPU, written back to each tensor's own place
         only with ``write``)."""
+        adopt_representation(self.scope, self.mask_of, self._mask_shapes, self.packed)  # after a paddle.static.load
         self._device_masks = None
         mask_names = [self.mask_of[n] for n in names]
         with scope_arrays(self.scope, list(names) + mask_names, write=write) as arrays:
@@ -165,6 +168,7 @@ class ProgramBackend:
         """(engine, weights, masks): scope tensors off the CPU (or ``PADDLESLIM_ENGINE=paddle``) go to the Paddle
         engine as tensors sharing the scope's memory (packed masks unpacked on the device); the rest to the numpy/C
         engine as host arrays."""
+        adopt_representation(self.scope, self.mask_of, self._mask_shapes, self.packed)  # after a paddle.static.load
         tensors = [tensor_of(self.scope, n) for n in names]
         if not use_device_engine(not tensors or on_cpu(tensors[0])):  # the first decides (either engine is correct)
             with self.open(names, write=write) as (weights, masks):
