@@ -116,6 +116,7 @@ def resolve_targets(infos: Sequence[ParamInfo], target: Any, options: Options) -
     skip_names = _call_skip(options.skip_params_func, target)
     prunable, skipped = resolve_prunable(list(infos), skip_names, options.prune_params_type)
     layouts: Dict[str, Any] = {}
+    before_pattern = len(prunable)
     if options.pattern is not None:  # N:M applies to matmul [in, out] and conv [out, in, kh, kw] weights only
         for p in prunable:
             layout = {2: LINEAR, 4: CONV}.get(len(p.shape))
@@ -123,6 +124,13 @@ def resolve_targets(infos: Sequence[ParamInfo], target: Any, options: Options) -
                 layouts[p.name] = layout
         skipped = skipped | {p.name for p in prunable if p.name not in layouts}
         prunable = [p for p in prunable if p.name in layouts]
+    if not prunable and before_pattern:  # the pattern is why: no matmul/conv weight has a full N:M group
+        n, m = options.pattern  # type: ignore[misc]
+        raise ValueError(
+            f"nothing to prune: sparse_pattern='{n}:{m}' applies to matmul [in, out] and conv weights with at least "
+            f"M={m} weights along the reduction axis, and none of the {before_pattern} prunable parameters is one; "
+            "use a smaller M, or no sparse_pattern"
+        )
     if not prunable:
         raise ValueError(
             f"nothing to prune: all {len(infos)} parameters are skipped "

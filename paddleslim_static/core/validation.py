@@ -29,10 +29,10 @@ def check_positional_trap(mode: object, ratio: object, threshold: object, order:
     ``order``.
 
     >>> check_positional_trap("ratio", 0.5, DEFAULT_THRESHOLD, "(program, mode, ratio, threshold, ...)")
-    >>> check_positional_trap("ratio", DEFAULT_RATIO, 0.5, "(model, mode, threshold, ratio, ...)")
+    >>> check_positional_trap("ratio", DEFAULT_RATIO, 0.5, "(model, ...)")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: mode='ratio' uses ratio, left at its default 0.3, but threshold=0.5 was given, which mode='ratio' does not use; the argument order here is (model, mode, threshold, ratio, ...): pass ratio=0.5 by keyword
+    ValueError: mode='ratio' uses ratio, left at its default 0.3, but threshold=0.5 was given, ...: pass ratio=0.5 by keyword
     """
     used, unused = {"ratio": ("ratio", "threshold"), "threshold": ("threshold", "ratio")}.get(
         mode if isinstance(mode, str) else "", (None, None))
