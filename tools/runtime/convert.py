@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -20,7 +20,7 @@ import paddle
 from .layers import SparseConv1x1, SparseLinear, conv1x1_unsupported
 from .timing import median_seconds
 
-__all__ = ["Candidate", "LayerPlan", "layer_candidates", "plan_conversion", "convert_layers"]
+__all__ = ["Candidate", "LayerPlan", "layer_candidates", "plan_conversion", "convert_layers", "measure_into"]
 
 
 @dataclass
@@ -135,30 +135,46 @@ def plan_conversion(model: paddle.nn.Layer, inputs: Sequence[paddle.Tensor], *, 
     feeds = _inputs_of(model, cands, inputs)
     for c in cands:
         w = c.layer.weight.numpy()
-        nnz = int(np.count_nonzero(w))
-        plan = LayerPlan(c.name, c.kind, c.layer.weight.name, tuple(w.shape), nnz, nnz / max(w.size, 1))
-        plans.append(plan)
         x = feeds.get(c.name)
+        plan = LayerPlan(c.name, c.kind, c.layer.weight.name, tuple(w.shape), 0, 0.0,
+                         input_shape=None if x is None else tuple(x.shape))
+        plans.append(plan)
         if x is None:
+            _count(plan, w)
             plan.reason = "not reached by the model's forward on the export input"
             continue
-        plan.input_shape = tuple(x.shape)
-        if not np.isfinite(w).all():
-            plan.reason = "weight has NaN/Inf"
-            continue
-        if plan.density > max_density:
-            plan.reason = f"density {plan.density:.0%} > {max_density:.0%}: dense is faster above ~70%"
-            continue
-        sparse = _sparse_of(c)
-        with paddle.no_grad():
-            dense_t, sparse_t = [], []
-            for _ in range(rounds):
-                dense_t.append(median_seconds(lambda: c.layer(x), min_seconds))
-                sparse_t.append(median_seconds(lambda: sparse(x), min_seconds))
-        plan.rounds = [d / s for d, s in zip(dense_t, sparse_t)]
-        plan.dense_ms, plan.sparse_ms = statistics.median(dense_t) * 1e3, statistics.median(sparse_t) * 1e3
-        ratio = statistics.median(plan.rounds)
-        plan.converted = ratio >= min_speedup
-        plan.reason = (f"measured {ratio:.2f}x" if plan.converted
-                       else f"measured {ratio:.2f}x < {min_speedup:.2f}x: not worth it at this input shape")
+        measure_into(plan, w, lambda: c.layer(x), lambda: _sparse_of(c), x, min_speedup=min_speedup,
+                     max_density=max_density, rounds=rounds, min_seconds=min_seconds)
     return plans
+
+
+def _count(plan: LayerPlan, w: np.ndarray) -> None:
+    plan.nnz = int(np.count_nonzero(w))
+    plan.density = plan.nnz / max(w.size, 1)
+
+
+def measure_into(plan: LayerPlan, weight: np.ndarray, dense: Callable[[], Any], make_sparse: Callable[[], Any],
+                 x: paddle.Tensor, *, min_speedup: float = 1.1, max_density: float = 0.7, rounds: int = 5,
+                 min_seconds: float = 0.01) -> None:
+    """Fill ``plan``: nonzeros, and unless the weight is too dense (or not finite), the dense call ``dense()`` and the
+    sparse layer ``make_sparse()`` timed on ``x`` in ``rounds`` paired rounds; converted when the median speed-up
+    reaches ``min_speedup``."""
+    _count(plan, weight)
+    if not np.isfinite(weight).all():
+        plan.reason = "weight has NaN/Inf"
+        return
+    if plan.density > max_density:
+        plan.reason = f"density {plan.density:.0%} > {max_density:.0%}: dense is faster above ~70%"
+        return
+    sparse = make_sparse()
+    with paddle.no_grad():
+        dense_t, sparse_t = [], []
+        for _ in range(rounds):
+            dense_t.append(median_seconds(dense, min_seconds))
+            sparse_t.append(median_seconds(lambda: sparse(x), min_seconds))
+    plan.rounds = [d / s for d, s in zip(dense_t, sparse_t)]
+    plan.dense_ms, plan.sparse_ms = statistics.median(dense_t) * 1e3, statistics.median(sparse_t) * 1e3
+    ratio = statistics.median(plan.rounds)
+    plan.converted = ratio >= min_speedup
+    plan.reason = (f"measured {ratio:.2f}x" if plan.converted
+                   else f"measured {ratio:.2f}x < {min_speedup:.2f}x: not worth it at this input shape")
