@@ -245,3 +245,15 @@ def test_a_stale_cached_library_is_rebuilt_not_loaded(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     origin, isa = proc.stdout.split()
     assert origin == "built" and isa in ("portable", "avx2", "avx512")
+
+
+@pytest.mark.parametrize("name", ["paddleslim_tools.runtime", "paddleslim_tools.runtime.csr",
+                                  "paddleslim_tools.runtime.timing", "paddleslim_tools.runtime.layers",
+                                  "paddleslim_tools.runtime.loader", "paddleslim_tools.runtime.predictor",
+                                  "paddleslim_tools.runtime.convert"])
+def test_runtime_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

@@ -43,16 +43,14 @@ def create_predictor(model_file: PathLike, params_file: PathLike, threads: int =
 
     >>> import numpy as np, paddle, tempfile, os
     >>> from paddleslim_tools.runtime import SparseLinear, create_predictor
+    >>> from paddleslim_tools.runtime.predictor import predictor_runner
     >>> lin = paddle.nn.Linear(16, 4)
     >>> net = paddle.nn.Sequential(SparseLinear.from_dense(lin))
     >>> d = tempfile.mkdtemp()
     >>> paddle.jit.save(net, os.path.join(d, "m"), [paddle.static.InputSpec([None, 16], "float32", "x")])
     >>> pred = create_predictor(os.path.join(d, "m.json"), os.path.join(d, "m.pdiparams"))
     >>> x = np.ones((2, 16), np.float32)
-    >>> h = pred.get_input_handle(pred.get_input_names()[0]); h.reshape(x.shape); h.copy_from_cpu(x)
-    >>> pred.run()
-    True
-    >>> y = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+    >>> (y,) = predictor_runner(pred, {"x": x})()
     >>> bool(np.allclose(y, lin(paddle.to_tensor(x)).numpy(), rtol=1e-5, atol=1e-6))
     True
     """
