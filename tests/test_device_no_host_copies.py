@@ -223,3 +223,33 @@ def test_static_write_back_place_is_the_tensors_own():
     write_scope(scope, "v", np.full(3, 7, np.float32), place=paddle.CPUPlace())  # existing: stays where it lives
     np.testing.assert_array_equal(np.array(tensor_of(scope, "v")), [7, 7, 7])
     assert tensor_of(scope, "v")._place().is_cpu_place()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(sparse_block=(2, 2)), dict(local_sparsity=True)])
+def test_device_and_numpy_engines_prune_identically_in_static_mode(monkeypatch, kw):
+    """A static GMP run, trained and pruned with each engine: the same thresholds, masks and weights, bit for bit."""
+    spec = NETS["lenet"]
+    results = []
+    for name in ("numpy", "paddle"):
+        monkeypatch.setenv("PADDLESLIM_ENGINE", name)
+        with static_mode():
+            net = static_net(spec, lambda: paddle.optimizer.SGD(0.05))
+            scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
+            with paddle.static.scope_guard(scope):
+                paddle.seed(0)
+                exe.run(net.startup)
+                pruner = st.GMPUnstructuredPruner(net.main, ratio=0.7, scope=scope, startup_program=net.startup,
+                                                  configs=GMP, **kw)
+                for i in range(6):
+                    x, y = batch(spec, 4, i)
+                    exe.run(net.main, feed={"x": x, "y": y}, fetch_list=[net.loss])
+                    pruner.step()
+                results.append((pruner.threshold, dict(pruner.thresholds),
+                                {n: scope_mask(scope, v, scope_array(scope, n).shape) for n, v in pruner.masks.items()},
+                                {n: scope_array(scope, n) for n in pruner.masks}))
+    (t0, p0, m0, w0), (t1, p1, m1, w1) = results
+    assert np.float32(t0).tobytes() == np.float32(t1).tobytes()
+    assert {n: np.float32(v).tobytes() for n, v in p0.items()} == {n: np.float32(v).tobytes() for n, v in p1.items()}
+    for n in m0:
+        np.testing.assert_array_equal(m0[n], m1[n], err_msg=n)
+        assert w0[n].tobytes() == w1[n].tobytes(), n
