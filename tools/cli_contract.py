@@ -21,11 +21,17 @@ EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (the old handler is back after)."""
+def sigterm_as_interrupt(load_paddle: bool = False) -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (the old handler is back after).
+
+    Importing Paddle installs glog's C handler for SIGTERM (a fatal abort: exit -15, no cleanup), replacing any
+    handler set before: a block that imports Paddle passes ``load_paddle=True`` so that the import comes first.
+    """
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    if load_paddle:
+        import paddle  # noqa: F401
     try:
         old = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
