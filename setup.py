@@ -38,7 +38,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=["paddleslim_static", "paddleslim_static.core", "paddleslim_dygraph", "paddleslim_tools",
-              "paddleslim_tools.export", "paddleslim_tools.runtime"],
+              "paddleslim_tools.export", "paddleslim_tools.report", "paddleslim_tools.demo",
+              "paddleslim_tools.runtime"],
     package_dir={"paddleslim_tools": "tools"},
     package_data={"paddleslim_tools": ["data/*.npz", "runtime/csrc/*"], "paddleslim_static": ["py.typed"],
                   "paddleslim_dygraph": ["py.typed"]},
@@ -63,7 +64,7 @@ setup(
         "console_scripts": [
             "paddleslim-demo=paddleslim_tools.demo:main",
             "paddleslim-export=paddleslim_tools.export:main",
-            "paddleslim-report=paddleslim_tools.report_cmd:main",
+            "paddleslim-report=paddleslim_tools.report:main",
         ]
     },
     license="Apache-2.0",

@@ -13,7 +13,8 @@ import time
 import paddle
 import pytest
 
-from paddleslim_tools import demo, report_cmd
+from paddleslim_tools import demo
+from paddleslim_tools.report import cli as report_cli
 
 MODEL = "paddleslim_tools.demo:digits_cnn"
 
@@ -42,7 +43,7 @@ def files(tmp_path_factory):
 
 
 def _report(capsys, *argv):
-    rc = report_cmd.main([str(a) for a in argv])
+    rc = report_cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return rc, captured.err.strip().splitlines(), captured.out
 

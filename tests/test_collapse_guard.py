@@ -214,7 +214,7 @@ def test_static_uniform_keeps_one_threshold_variable_per_parameter():
 
 @pytest.mark.parametrize("mode", [Dygraph, Static], ids=["dygraph", "static"])
 def test_the_sparsity_report_flags_empty_and_near_empty_layers(mode):
-    from paddleslim_tools.sparsity_report import sparsity_report
+    from paddleslim_tools.report import sparsity_report
     d = Dygraph(NETS["mlp"], 0)
     ws = [p for p in d.model.parameters() if len(p.shape) > 1]  # 16x32, 32x24, 24x10
     ws[0].set_value((ws[0].numpy() * 1e-3).astype(np.float32))  # below the threshold everywhere: emptied

@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddleslim_tools.deployment import deployment_report, lite_verdict, lite_zero_fraction
+from paddleslim_tools.report import deployment_report, lite_verdict, lite_zero_fraction
 
 
 def _sparse_1x1(cout, cin, zero_frac, seed=0, dtype=np.float32):

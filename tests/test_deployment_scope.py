@@ -11,7 +11,7 @@ import sys
 import paddle
 
 from paddleslim_dygraph import UnstructuredPruner
-from paddleslim_tools.deployment import SCOPE, SCOPE_NOTE, deployment_report
+from paddleslim_tools.report import SCOPE, SCOPE_NOTE, deployment_report
 from paddleslim_tools.export import export_layer
 
 

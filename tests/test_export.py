@@ -14,8 +14,8 @@ from nets import NETS, dygraph_model, static_mode, static_net
 from paddleslim_dygraph import UnstructuredPruner
 from paddleslim_static.core.packing import pack_mask
 from paddleslim_tools.export import ExportError, export_checkpoint, export_layer, export_program, verify_export
-from paddleslim_tools.onnx_sparse import compress, densify, onnx_tensors, should_store_sparse
-from paddleslim_tools.verify import match_weights
+from paddleslim_tools.export.onnx_sparse import compress, densify, onnx_tensors, should_store_sparse
+from paddleslim_tools.export.verify import match_weights
 
 
 def spec(*shape, name="x"):

@@ -14,7 +14,7 @@ import pytest
 from nets import NETS, dygraph_model
 from paddleslim_dygraph import UnstructuredPruner
 from paddleslim_tools.export import export_layer, main
-from paddleslim_tools.p2o_convert import ConversionError
+from paddleslim_tools.export.p2o_convert import ConversionError
 
 
 class SvdNet(paddle.nn.Layer):

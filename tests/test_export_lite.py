@@ -14,8 +14,8 @@ from nets import NETS, dygraph_model, static_mode, static_net
 from paddleslim_dygraph import UnstructuredPruner
 from paddleslim_tools.export import ExportError, export_checkpoint, export_layer, export_program, verify_export
 from paddleslim_tools.export.checks import verify_lite
-from paddleslim_tools.export.loading import SavedModel
-from paddleslim_tools.report import ExportReport
+from paddleslim_tools.export.export_report import ExportReport
+from paddleslim_tools.loading import SavedModel
 
 
 def spec(*shape, name="x"):
@@ -177,9 +177,9 @@ def test_readme_static_snippet_export_with_the_snippets_own_out(tmp_path):
     assert open(a.files["paddle_model"]).read() == open(b.files["paddle_model"]).read()
 
 
-@pytest.mark.parametrize("name", ["errors", "specs", "lite", "loading"])
+@pytest.mark.parametrize("name", ["errors", "export.specs", "export.layout", "export.lite", "loading"])
 def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(f"paddleslim_tools.export.{name}"),
+    result = doctest.testmod(importlib.import_module(f"paddleslim_tools.{name}"),
                              optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
 

@@ -11,7 +11,7 @@ import pytest
 
 from paddleslim_dygraph import UnstructuredPruner
 from paddleslim_tools.export import export_layer, export_program, verify_export
-from paddleslim_tools.sparsity_report import sparsity_report
+from paddleslim_tools.report import sparsity_report
 
 SPEC = [paddle.static.InputSpec([None, 3, 8, 8], "float32", "x")]
 

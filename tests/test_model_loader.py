@@ -10,8 +10,8 @@ import sys
 import paddle
 import pytest
 
-from paddleslim_tools.export.errors import ExportError
-from paddleslim_tools.export.loading import resolve_callable
+from paddleslim_tools.export import ExportError
+from paddleslim_tools.loading import resolve_callable
 
 BIN = os.path.dirname(sys.executable)
 MODULE = '''

@@ -8,9 +8,9 @@ import paddle
 import pytest
 
 from paddleslim_dygraph import UnstructuredPruner
-from paddleslim_tools.sparsity_report import sparsity_report
+from paddleslim_tools.report import sparsity_report
 
-plots = pytest.importorskip("paddleslim_tools.plots")
+plots = pytest.importorskip("paddleslim_tools.report.plots")
 pytest.importorskip("matplotlib")
 
 

@@ -10,8 +10,9 @@ import pytest
 
 import paddleslim_static
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
-from paddleslim_tools import report_cmd
-from paddleslim_tools.sparsity_report import schedule_points, sparsity_report, unpack_mask
+from paddleslim_tools.loading import checkpoint_mask as unpack_mask
+from paddleslim_tools.report import cli as report_cli
+from paddleslim_tools.report import schedule_points, sparsity_report
 
 try:
     import matplotlib  # noqa: F401
@@ -165,7 +166,7 @@ def test_write_files_and_plots(tmp_path):
 
 
 def _cli(argv, capsys):
-    rc = report_cmd.main(argv)
+    rc = report_cli.main(argv)
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 
@@ -223,7 +224,7 @@ def test_cli_errors_are_one_line_exit_2_nothing_written(tmp_path, capsys, argv, 
 def test_cli_without_matplotlib_names_the_extra(tmp_path):
     ck = _demo_checkpoint(tmp_path)
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from paddleslim_tools.report_cmd import main\n"
+            "from paddleslim_tools.report import main\n"
             f"sys.exit(main([{ck!r}, '--out', {str(tmp_path / 'o')!r}]))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     err = [ln for ln in p.stderr.splitlines() if "paddleslim-report" in ln]
@@ -231,8 +232,8 @@ def test_cli_without_matplotlib_names_the_extra(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("name", ["paddleslim_tools.sparsity_report", "paddleslim_tools.deployment",
-                                  "paddleslim_tools.demo"])
+@pytest.mark.parametrize("name", ["paddleslim_tools.report.sparsity", "paddleslim_tools.report.deployment",
+                                  "paddleslim_tools.demo.models", "paddleslim_tools.demo", "paddleslim_tools.loading"])
 def test_docstring_examples(name):
     import doctest
     import importlib

@@ -15,22 +15,25 @@ Command line (``paddleslim-export --help``)::
     paddleslim-export --check exported/            # re-verify an existing export
 
 Modules: :mod:`.cli` (command line), :mod:`.api` (the export functions), :mod:`.pipeline` (convert -> compress ->
-verify -> report), :mod:`.checks` / :mod:`.diagnose` (verification, the op that diverges), :mod:`.lite` (the
-Paddle Lite target), :mod:`.loading` (checkpoints, builders, saved models), :mod:`.folding` (pruner masks folded
-in), :mod:`.specs` (input specs, options), :mod:`.staging` (atomic output). Importing this package imports nothing
-heavy: names are loaded on first use, so the command line can quieten Paddle and check the extra first.
+verify -> report), :mod:`.p2o_convert` (paddle2onnx in a child process), :mod:`.onnx_sparse` (sparse ONNX storage),
+:mod:`.checks` / :mod:`.verify` / :mod:`.diagnose` (verification, the op that diverges), :mod:`.lite` (the Paddle
+Lite target), :mod:`.sparse_cpu` (the x86 sparse target), :mod:`.layout` (file names), :mod:`.specs` (input specs,
+options), :mod:`.export_report` (the export's report: files, sizes, checks). Loading and mask folding are
+:mod:`paddleslim_tools.loading`'s, atomic output :mod:`paddleslim_tools.staging`'s. Importing this package imports
+nothing heavy: names are loaded on first use, so the command line can quieten Paddle and check the extra first.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .. import lazy_names
 
 if TYPE_CHECKING:
-    from ..report import ExportReport
+    from ..errors import ExportError
+    from ..loading import fold_checkpoint_masks, load_checkpoint
     from .api import export_checkpoint, export_layer, export_program, verify_export
     from .cli import main
-    from .errors import ExportError
-    from .loading import fold_checkpoint_masks, load_checkpoint
+    from .export_report import ExportReport
     from .specs import ExportOptions, parse_input_spec
 
 __all__ = [
@@ -39,17 +42,8 @@ __all__ = [
 ]
 
 _WHERE = {
-    "ExportError": ".errors", "ExportReport": "..report", "ExportOptions": ".specs", "export_layer": ".api",
-    "export_program": ".api", "export_checkpoint": ".api", "verify_export": ".api", "load_checkpoint": ".loading",
-    "fold_checkpoint_masks": ".loading", "parse_input_spec": ".specs", "main": ".cli",
+    "ExportError": "..errors", "ExportReport": ".export_report", "ExportOptions": ".specs", "export_layer": ".api",
+    "export_program": ".api", "export_checkpoint": ".api", "verify_export": ".api", "load_checkpoint": "..loading",
+    "fold_checkpoint_masks": "..loading", "parse_input_spec": ".specs", "main": ".cli",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list:
-    return sorted(list(globals()) + list(_WHERE))
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)

@@ -11,19 +11,19 @@ import paddle
 
 from paddleslim_static.programs import program_mode
 
-from ..report import ExportReport, file_sizes, layer_rows
-from ..verify import random_feeds
+from ..errors import ExportError, one_line
+from ..loading import SavedModel, build_network, folded_layer, folded_program, is_legacy_program, load_checkpoint, \
+    model_files, np_dtype
+from ..staging import check_out_dir, staging
 from .checks import verify_lite, verify_onnx
-from .errors import ExportError, one_line
+from .export_report import ExportReport, file_sizes, layer_rows
 from .extras import require_extra
-from .folding import folded_layer, folded_program
 from .layout import lite_prefix, model_prefix, report_path
 from .lite import save_lite_layer
-from .loading import SavedModel, build_network, load_checkpoint, model_files
 from .pipeline import LiteResult, Timer, finish
 from .sparse_cpu import SparseCpuResult, kernels_or_skip, save_sparse_layer, skipped
-from .specs import ExportOptions, check_input_spec, np_dtype
-from .staging import check_out_dir, staging
+from .specs import ExportOptions, check_input_spec
+from .verify import random_feeds
 
 __all__ = ["export_layer", "export_program", "export_checkpoint", "verify_export"]
 
@@ -99,8 +99,7 @@ def export_checkpoint(checkpoint: Union[PathLike, Dict[str, Any]], model: Union[
     check_input_spec(input_spec)
     check_out_dir(out_dir)
     _options(options)
-    state = (load_checkpoint(checkpoint) if not isinstance(checkpoint, dict)
-             else {k: np.asarray(v) for k, v in checkpoint.items()})
+    state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     net, folded = build_network(model, kwargs, state)
     if folded:
         _log.info("export: folded %d checkpoint masks into the weights", folded)
@@ -162,17 +161,17 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
     check_out_dir(out_dir)
     opts = _options(options)
     if isinstance(program_or_prefix, (str, os.PathLike)):
-        model_file, _, legacy = model_files(os.fspath(program_or_prefix))
-        src = SavedModel(os.path.splitext(model_file)[0], legacy)
-        program, scope = src.program, src.scope
+        src = SavedModel(program_or_prefix)
+        program, scope, legacy = src.program, src.scope, src.legacy
         feed_names = list(feed_names or src.feed_names)
         fetch_vars = list(fetch_vars or src.fetch)
     else:
         program = program_or_prefix
-        legacy = isinstance(program, paddle.base.framework.Program)
-        if not legacy and not isinstance(program, paddle.pir.Program):
+        try:
+            legacy = is_legacy_program(program)
+        except TypeError:
             raise TypeError(f"program_or_prefix must be a paddle static Program (PIR or legacy) or an "
-                            f"inference model path prefix; got {type(program).__name__}")
+                            f"inference model path prefix; got {type(program).__name__}") from None
         scope = scope if scope is not None else paddle.static.global_scope()
     sparse = None
     if opts.sparse_cpu:

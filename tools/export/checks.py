@@ -4,11 +4,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from ..onnx_sparse import densify, onnx_tensors
-from ..report import ExportReport
-from ..verify import compare_outputs, match_weights, random_feeds, run_onnx
+from ..loading import SavedModel
 from .diagnose import find_divergence
-from .loading import SavedModel
+from .export_report import ExportReport
+from .onnx_sparse import densify, onnx_tensors
+from .verify import compare_outputs, match_weights, random_feeds, run_onnx
 
 __all__ = ["check_no_masks", "verify_onnx", "verify_lite"]
 

@@ -16,7 +16,7 @@ import paddle
 
 from paddleslim_static.programs import static_mode
 
-from .loading import SavedModel
+from ..loading import SavedModel
 
 __all__ = ["Divergence", "find_divergence"]
 

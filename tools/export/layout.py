@@ -1,4 +1,4 @@
-"""Where an export puts its files, so that every loader reads its model and nothing else.
+"""The export targets and where an export puts their files, so that every loader reads its model and nothing else.
 
 ``paddle.jit.load(DIR/NAME)`` does not read one model: it lists ``DIR`` and loads every file
 ``NAME<x>.<method>.json`` / ``.pdmodel`` / ``.pdiparams`` as the program or weights of a further method
@@ -26,11 +26,16 @@ The rule, for every file an export writes into ``out_dir``:
 from __future__ import annotations
 
 import os
-from typing import Iterable, List
+from typing import Any, Iterable, List
 
-__all__ = ["TARGET_DIRS", "LITE_DIR", "SPARSE_CPU_DIR", "REPORT_SUFFIX", "LEGACY_FILES", "model_prefix",
-           "lite_prefix", "sparse_cpu_prefix", "report_path", "relpaths", "misread_by_jit_load"]
+from ..errors import ExportError
 
+__all__ = ["TARGETS", "parse_targets", "TARGET_DIRS", "LITE_DIR", "SPARSE_CPU_DIR", "REPORT_SUFFIX", "LEGACY_FILES",
+           "model_prefix", "lite_prefix", "sparse_cpu_prefix", "report_path", "relpaths", "misread_by_jit_load"]
+
+#: what an export writes besides the dense Paddle 3 inference model: ONNX (+ compressed), the legacy model for Lite,
+#: the sparse Paddle model for x86 CPUs; a target is one of them, a comma-separated combination, or "all"
+TARGETS = ("onnx", "lite", "sparse-cpu")
 LITE_DIR = "lite"
 SPARSE_CPU_DIR = "sparse-cpu"  # the sparse Paddle model of the x86 sparse-CPU target
 #: subdirectory of each target that writes a second Paddle model
@@ -39,6 +44,24 @@ REPORT_SUFFIX = "_report.json"
 #: what earlier versions wrote next to the model and ``jit.load`` misreads: removed when re-exporting over them
 LEGACY_FILES = (".report.json", ".lite.pdmodel", ".lite.pdiparams")
 _MODEL_EXTS = (".json", ".pdmodel", ".pdiparams")
+
+
+def parse_targets(target: Any) -> frozenset:
+    """The targets a ``target`` string names: one of :data:`TARGETS`, a comma-separated combination, or ``all``.
+
+    >>> sorted(parse_targets("onnx,sparse-cpu")), sorted(parse_targets("all"))
+    (['onnx', 'sparse-cpu'], ['lite', 'onnx', 'sparse-cpu'])
+    """
+    if not isinstance(target, str):
+        raise ExportError(f"target must be a str like 'onnx' or 'onnx,sparse-cpu'; got {target!r}")
+    if target == "all":
+        return frozenset(TARGETS)
+    parts = [t.strip() for t in target.split(",")]
+    bad = [t for t in parts if t not in TARGETS]
+    if bad or not parts:
+        raise ExportError(f"target must be one of {list(TARGETS)}, a comma-separated combination, or 'all'; "
+                          f"got {target!r}")
+    return frozenset(parts)
 
 
 def model_prefix(out_dir: str, name: str) -> str:
@@ -65,8 +88,6 @@ def relpaths(name: str, target: str = "all") -> List[str]:
     """Every file (relative to ``out_dir``, ``/``-separated) an export under ``name`` may write for ``target``;
     re-exporting removes the ones it does not write this time."""
     out = [name + e for e in _MODEL_EXTS] + [name + ".onnx", name + ".sparse.onnx", name + REPORT_SUFFIX]
-    from .specs import parse_targets
-
     targets = parse_targets(target)
     if "lite" in targets:
         out += [f"{LITE_DIR}/{name}.pdmodel", f"{LITE_DIR}/{name}.pdiparams"]

@@ -13,7 +13,7 @@ from typing import List
 
 import paddle
 
-from .errors import ExportError, one_line
+from ..errors import ExportError, one_line
 
 __all__ = ["save_lite_layer", "lite_command"]
 

@@ -7,16 +7,16 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-from ..onnx_sparse import canonicalize, compress as compress_model
-from ..p2o_convert import convert
-from ..report import ExportReport, file_sizes, layer_rows
-from ..verify import random_feeds
+from ..loading import SavedModel, model_files
 from .checks import check_no_masks, verify_lite, verify_onnx
+from .export_report import ExportReport, file_sizes, layer_rows
 from .layout import lite_prefix, model_prefix, report_path
 from .lite import lite_command
-from .loading import SavedModel, model_files
+from .onnx_sparse import canonicalize, compress as compress_model
+from .p2o_convert import convert
 from .sparse_cpu import SparseCpuResult, check_sparse_model
 from .specs import ExportOptions
+from .verify import random_feeds
 
 __all__ = ["Timer", "OnnxResult", "CompressResult", "LiteResult", "convert_onnx", "compress_onnx", "finish"]
 
@@ -87,10 +87,10 @@ def compress_onnx(result: OnnxResult, opts: ExportOptions) -> CompressResult:
 
 
 def _deployment(report: ExportReport, saved: SavedModel, opts: ExportOptions) -> None:
-    """The deployment-eligibility verdicts of :mod:`paddleslim_tools.deployment` for the saved model."""
+    """The deployment-eligibility verdicts of :mod:`paddleslim_tools.report.deployment` for the saved model."""
     from paddleslim_static.programs import static_mode
 
-    from ..deployment import deployment_report
+    from ..report.deployment import deployment_report
 
     if len(saved.feed_specs) != 1:
         report.warnings.append(f"deployment report skipped: it takes one input, the model has "

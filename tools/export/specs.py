@@ -7,42 +7,15 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import paddle
 
-from .errors import ExportError
+from ..errors import ExportError
+from .layout import LEGACY_FILES, TARGETS, parse_targets, relpaths
 
-__all__ = ["parse_input_spec", "check_input_spec", "ExportOptions", "np_dtype", "TARGETS", "DEFAULT_OPSET",
+__all__ = ["parse_input_spec", "check_input_spec", "ExportOptions", "TARGETS", "DEFAULT_OPSET",
            "parse_targets"]
 
 DEFAULT_OPSET = 13
-#: what an export writes besides the dense Paddle 3 inference model: ONNX (+ compressed), the legacy model for Lite,
-#: the sparse Paddle model for x86 CPUs; a target is one of them, a comma-separated combination, or "all"
-TARGETS = ("onnx", "lite", "sparse-cpu")
 _DTYPES = ("float32", "float64", "float16", "int32", "int64", "bool", "uint8", "int8")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-
-
-def np_dtype(dtype: Any) -> str:
-    """numpy dtype name of a Paddle dtype (``paddle.float32``, ``VarType.FP32``, ``DataType.FLOAT32``...)."""
-    text = str(dtype).replace("paddle.", "").replace("VarType.", "").replace("DataType.", "").lower()
-    table = {"fp32": "float32", "fp64": "float64", "fp16": "float16", "bfloat16": "float32"}
-    return table.get(text, text)
-
-
-def parse_targets(target: Any) -> frozenset:
-    """The targets a ``target`` string names: one of :data:`TARGETS`, a comma-separated combination, or ``all``.
-
-    >>> sorted(parse_targets("onnx,sparse-cpu")), sorted(parse_targets("all"))
-    (['onnx', 'sparse-cpu'], ['lite', 'onnx', 'sparse-cpu'])
-    """
-    if not isinstance(target, str):
-        raise ExportError(f"target must be a str like 'onnx' or 'onnx,sparse-cpu'; got {target!r}")
-    if target == "all":
-        return frozenset(TARGETS)
-    parts = [t.strip() for t in target.split(",")]
-    bad = [t for t in parts if t not in TARGETS]
-    if bad or not parts:
-        raise ExportError(f"target must be one of {list(TARGETS)}, a comma-separated combination, or 'all'; "
-                          f"got {target!r}")
-    return frozenset(parts)
 
 
 def parse_input_spec(text: str, index: int = 0) -> paddle.static.InputSpec:
@@ -156,6 +129,5 @@ class ExportOptions:
     def outputs(self) -> Sequence[str]:
         """Every file (relative to ``out_dir``) an export under ``name`` may write, and the ones earlier versions
         wrote next to the model: re-exporting removes those it does not write (see :mod:`.layout`)."""
-        from .layout import LEGACY_FILES, relpaths
 
         return relpaths(self.name, "all") + [self.name + s for s in LEGACY_FILES]

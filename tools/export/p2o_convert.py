@@ -73,7 +73,7 @@ def convert(model_file: str, params_file: str, opset: int = 13, timeout: float =
         env = dict(os.environ)
         env.update(NO_INSTALL_ENV)
         env.setdefault("GLOG_minloglevel", "2")
-        cmd = [sys.executable, "-m", "paddleslim_tools.p2o_convert", model_file, params_file, out, str(int(opset))]
+        cmd = [sys.executable, "-m", "paddleslim_tools.export.p2o_convert", model_file, params_file, out, str(int(opset))]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:

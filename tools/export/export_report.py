@@ -10,6 +10,7 @@ import numpy as np
 
 from paddleslim_static.core import nonzero_and_size
 
+from ..report.sparsity import WeightCount, rows_density
 from .onnx_sparse import coo_bytes
 from .verify import OutputCheck, WeightMatch
 
@@ -17,21 +18,15 @@ __all__ = ["LayerRow", "ExportReport", "layer_rows"]
 
 
 @dataclasses.dataclass
-class LayerRow:
+class LayerRow(WeightCount):
     """One weight of the exported Paddle inference model."""
 
-    name: str
-    shape: List[int]
-    dtype: str
-    size: int
-    nonzeros: int
-    density: float
     zeros: int
     bytes_dense: int
     bytes_sparse: int  # COO payload with INT64 indices
     stored_sparse: bool = False  # a sparse_initializer in the compressed ONNX
     onnx_name: Optional[str] = None
-    match: Optional[str] = None  # how the ONNX tensor was found (see paddleslim_tools.verify)
+    match: Optional[str] = None  # how the ONNX tensor was found (see paddleslim_tools.export.verify)
     pattern_ok: Optional[bool] = None
     layer: Optional[str] = None  # structured name in the dygraph model, when known
 
@@ -89,7 +84,7 @@ class ExportReport:
     lite_weight_checks: List[WeightMatch] = dataclasses.field(default_factory=list)
     lite_command: Optional[str] = None  # Paddle Lite's opt, sparse kernels enabled
     diagnosis: Optional[str] = None  # when onnxruntime and Paddle disagree: the op that diverges
-    deployment: Optional[Dict[str, Any]] = None  # paddleslim_tools.deployment's verdicts, when available
+    deployment: Optional[Dict[str, Any]] = None  # paddleslim_tools.report.deployment's verdicts, when available
     nm: Optional[Dict[str, Any]] = None  # with nm_pattern: {"pattern", "checked", "skipped"} per weight
     sparse_cpu: Optional[Dict[str, Any]] = None  # the sparse-cpu target: per-layer x86 verdicts, end-to-end speed
 
@@ -99,8 +94,7 @@ class ExportReport:
 
     @property
     def total_density(self) -> float:
-        size = sum(r.size for r in self.rows)
-        return sum(r.nonzeros for r in self.rows) / size if size else 1.0
+        return rows_density(self.rows)
 
     @property
     def unmatched(self) -> List[str]:
@@ -178,7 +172,7 @@ class ExportReport:
             lines.append(f"output {c.name} [{c.what}]: max abs err {c.max_abs_err:.3g}, "
                          f"max rel err {c.max_rel_err:.3g} -> {'ok' if c.ok else 'FAIL'}")
         if self.deployment:
-            from .deployment import SCOPE_NOTE
+            from ..report.deployment import SCOPE_NOTE
 
             lines.append(f"deployment: {self.deployment.get('summary')} {SCOPE_NOTE}")
         if self.lite_command:

@@ -8,15 +8,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .sparsity_report import LayerStat, SparsityReport
-
 __all__ = ["require_matplotlib", "density_rows", "density_figure", "plot_density", "plot_schedule", "plot_histogram",
            "write_plots", "PLOT_EXTRA_HINT", "DENSITY_WEIGHTS"]
+
+class Report(Protocol):
+    """What the plots read of a :class:`~paddleslim_tools.report.sparsity.SparsityReport` (which imports this
+    module, not the other way round): rows with ``name``, ``layer``, ``shape``, ``density``, ``prunable``,
+    ``threshold``; the two densities; the weights; the history."""
+
+    layers: Sequence[Any]
+    weights: Dict[str, np.ndarray]
+    history: Optional[Dict[str, Any]]
+
+    @property
+    def density(self) -> float: ...
+
+    @property
+    def prunable_density(self) -> Optional[float]: ...
+
 
 PLOT_EXTRA_HINT = "plots need matplotlib: pip install \"paddleslim-sparsity[plot]\" (or pass --no-plots)"
 
@@ -38,7 +51,7 @@ _MAX_HEIGHT_IN = 9.6  # 960 px at the 100 dpi the plots are saved with: one scre
 _MAX_LABELS = 60  # more rows than that: every k-th row is labelled
 
 
-def density_rows(report: "SparsityReport", weights: str = "prunable") -> List["LayerStat"]:
+def density_rows(report: Report, weights: str = "prunable") -> List[Any]:
     """The rows the density plot shows: ``"prunable"`` (default) the prunable weights - when nothing says which
     are, the >= 2-D ones - or ``"all"``; every row when the selection is empty."""
     if weights not in DENSITY_WEIGHTS:
@@ -51,7 +64,7 @@ def density_rows(report: "SparsityReport", weights: str = "prunable") -> List["L
     return list(rows)
 
 
-def density_figure(report: "SparsityReport", weights: str = "prunable") -> Any:
+def density_figure(report: Report, weights: str = "prunable") -> Any:
     """The density bars as a matplotlib figure, at most 960 px high whatever the number of weights."""
     plt = require_matplotlib()
     rows = density_rows(report, weights)
@@ -82,7 +95,7 @@ def density_figure(report: "SparsityReport", weights: str = "prunable") -> Any:
     return fig
 
 
-def plot_density(report: "SparsityReport", path: Union[str, Path], weights: str = "prunable") -> str:
+def plot_density(report: Report, path: Union[str, Path], weights: str = "prunable") -> str:
     """Horizontal bars: density of every prunable weight (``weights="all"``: every weight), structured name and
     shape as labels, readable on one screen for any network (see :func:`density_figure`)."""
     plt = require_matplotlib()
@@ -120,7 +133,7 @@ def plot_schedule(history: Dict[str, Any], path: Union[str, Path]) -> str:
     return str(path)
 
 
-def plot_histogram(report: "SparsityReport", path: Union[str, Path], bins: int = 80) -> str:
+def plot_histogram(report: Report, path: Union[str, Path], bins: int = 80) -> str:
     """Histogram of nonzero |w| of the prunable weights (all >= 2-D weights when unknown), log x axis,
     the number of zeros in the legend, the threshold(s) as vertical lines."""
     plt = require_matplotlib()
@@ -152,7 +165,7 @@ def plot_histogram(report: "SparsityReport", path: Union[str, Path], bins: int =
     return str(path)
 
 
-def write_plots(report: "SparsityReport", out_dir: Union[str, Path], stem: str = "sparsity",
+def write_plots(report: Report, out_dir: Union[str, Path], stem: str = "sparsity",
                 history: Optional[Dict[str, Any]] = None, density_weights: str = "prunable") -> Dict[str, str]:
     """All plots of ``report`` into ``out_dir``; returns {"density_png": path, ...}."""
     out = Path(out_dir)

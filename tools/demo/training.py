@@ -38,7 +38,7 @@ def _digits_path():
     try:
         return importlib.resources.files("paddleslim_tools") / "data" / "digits.npz"
     except (ModuleNotFoundError, TypeError):
-        return Path(__file__).resolve().with_name("data") / "digits.npz"
+        return Path(__file__).resolve().parent.parent / "data" / "digits.npz"
 
 
 def load_digits() -> Dataset:

@@ -1,11 +1,11 @@
 """Per-layer sparsity report of a model, a program, a saved inference model or a checkpoint.
 
-Named ``sparsity_report`` because ``paddleslim_tools.report`` is the export tool's report (files, ONNX
-verification); this one only reads weights and needs neither onnx nor paddle2onnx.
+It only reads weights (through :mod:`paddleslim_tools.loading`) and needs neither onnx nor paddle2onnx; the export's
+own report (files, ONNX checks) is :mod:`paddleslim_tools.export.export_report`.
 
 >>> import paddle
 >>> from paddleslim_dygraph import UnstructuredPruner
->>> from paddleslim_tools.sparsity_report import sparsity_report
+>>> from paddleslim_tools.report import sparsity_report
 >>> net = paddle.nn.Sequential(paddle.nn.Linear(16, 8), paddle.nn.Linear(8, 2))
 >>> pruner = UnstructuredPruner(net, "ratio", ratio=0.5)
 >>> pruner.step()
@@ -17,24 +17,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["LayerStat", "SparsityReport", "sparsity_report", "load_weights", "unpack_mask", "schedule_points",
-           "static_mode", "load_inference_model", "is_legacy_program", "in_model_order", "MASK_SUFFIX"]
+from ..loading import MASK_SUFFIX, SavedModel, fold_checkpoint_masks, is_legacy_program, load_checkpoint, \
+    program_weights
+from .plots import require_matplotlib, write_plots
 
-MASK_SUFFIX = "_mask"
+__all__ = ["WeightCount", "LayerStat", "SparsityReport", "sparsity_report", "load_weights", "schedule_points", "rows_density",
+           "NEAR_EMPTY"]
+
 NEAR_EMPTY = 0.1  # a layer below this fraction of the model's prunable density is flagged near-empty
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclasses.dataclass
-class LayerStat:
-    """One weight: its name, shape, density and (when a pruner says so) threshold and prunable flag."""
+class WeightCount:
+    """One weight's name, shape, dtype and nonzero count: what every report row starts with (this report's
+    :class:`LayerStat`, the export report's ``LayerRow``)."""
 
     name: str
     shape: List[int]
@@ -42,6 +45,12 @@ class LayerStat:
     size: int
     nonzeros: int
     density: float
+
+
+@dataclasses.dataclass
+class LayerStat(WeightCount):
+    """One weight: its name, shape, density and (when a pruner says so) threshold and prunable flag."""
+
     threshold: Optional[float] = None
     prunable: Optional[bool] = None
     layer: Optional[str] = None  # structured name in a dygraph model / checkpoint key
@@ -62,15 +71,13 @@ class SparsityReport:
     @property
     def density(self) -> float:
         """Nonzero / all elements over every weight."""
-        size = sum(r.size for r in self.layers)
-        return sum(r.nonzeros for r in self.layers) / size if size else 1.0
+        return rows_density(self.layers)
 
     @property
     def prunable_density(self) -> Optional[float]:
         """Density over the prunable weights (None when nothing says which weights are prunable)."""
         rows = [r for r in self.layers if r.prunable]
-        size = sum(r.size for r in rows)
-        return sum(r.nonzeros for r in rows) / size if size else None
+        return rows_density(rows) if rows else None
 
     def flags(self) -> List[Dict[str, Any]]:
         """Layers that lost (almost) everything: ``empty`` (no nonzero weight) or ``near-empty`` (density below
@@ -85,8 +92,7 @@ class SparsityReport:
         """
         known = any(r.prunable is not None for r in self.layers)
         rows = [r for r in self.layers if (r.prunable if known else len(r.shape) >= 2)]
-        size = sum(r.size for r in rows)
-        ref = sum(r.nonzeros for r in rows) / size if size else 0.0
+        ref = rows_density(rows, empty=0.0)
         out = []
         for r in rows:
             if r.size and r.nonzeros == 0:
@@ -132,7 +138,6 @@ class SparsityReport:
         then nothing is written.
         """
         if plots:
-            from .plots import require_matplotlib
             require_matplotlib()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +146,6 @@ class SparsityReport:
         Path(files["json"]).write_text(json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n",
                                        encoding="utf-8")
         if plots:
-            from .plots import write_plots
             files.update(write_plots(self, out, stem, density_weights=density_weights))
         return files
 
@@ -154,127 +158,22 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-# -- static helpers (shared with paddleslim_tools.deployment) --------------------------------------------
-def static_mode(legacy: bool = False) -> ContextManager[None]:
-    """Static mode (legacy IR with ``legacy``) for the duration: the project's one guard,
-    :func:`paddleslim_static.programs.static_mode`."""
-    from paddleslim_static.programs import static_mode as _static_mode
+def rows_density(rows: Sequence[Any], empty: float = 1.0) -> float:
+    """Nonzero / all elements over report rows (anything with ``nonzeros`` and ``size``: this report's
+    :class:`LayerStat`, the export report's rows); ``empty`` when they hold no element.
 
-    return _static_mode(pir=not legacy)
-
-
-def is_legacy_program(program: Any) -> bool:
-    """True for a legacy-IR ``Program``, False for a PIR one; TypeError for anything else."""
-    import paddle
-
-    if isinstance(program, paddle.pir.Program):
-        return False
-    from paddle.base.framework import Program as LegacyProgram
-    if isinstance(program, LegacyProgram):
-        return True
-    raise TypeError(f"program must be a paddle static Program (PIR or legacy); got {type(program).__name__}")
-
-
-def _model_file(prefix: PathLike) -> Tuple[str, bool]:
-    p = os.fspath(prefix)
-    for ext in (".json", ".pdmodel", ".pdiparams"):
-        if p.endswith(ext):
-            p = p[: -len(ext)]
-    for ext, legacy in ((".json", False), (".pdmodel", True)):
-        if os.path.isfile(p + ext):
-            if not os.path.isfile(p + ".pdiparams"):
-                raise FileNotFoundError(f"inference model {p!r}: parameter file {p + '.pdiparams'!r} not found")
-            return p, legacy
-    raise FileNotFoundError(f"inference model {p!r}: neither {p + '.json'!r} nor {p + '.pdmodel'!r} exists")
-
-
-def load_inference_model(prefix: PathLike) -> Tuple[Any, Any, bool]:
-    """(program, scope holding its weights, legacy?) of a saved inference model (``.json`` or ``.pdmodel``)."""
-    import paddle
-
-    path, legacy = _model_file(prefix)
-    scope = paddle.static.Scope()
-    with static_mode(legacy), paddle.static.scope_guard(scope):
-        exe = paddle.static.Executor(paddle.CPUPlace())
-        program, _, _ = paddle.static.load_inference_model(path, exe)
-    return program, scope, legacy
-
-
-def in_model_order(program: Any, names: Sequence[str]) -> List[str]:
-    """``names`` (weights of ``program``) in the order the program's ops first read them - the model's order,
-    which ``all_parameters()`` (reversed on a loaded PIR model) is not; unread ones last, as given."""
-    legacy = is_legacy_program(program)
-    wanted, seen = set(names), {}
-    for op in program.global_block().ops:
-        if legacy:
-            reads = [n for slot in op.input_names for n in op.input(slot)]
-        else:
-            defs = [v.get_defining_op() for v in op.operands_source()]
-            reads = [d.attrs().get("parameter_name") for d in defs if d is not None and d.name() == "builtin.parameter"]
-        for n in reads:
-            if n in wanted:
-                seen.setdefault(n, len(seen))
-    return sorted(names, key=lambda n: seen.get(n, len(seen)))
-
-
-def _program_weights(program: Any, scope: Any) -> Dict[str, np.ndarray]:
-    import paddle
-
-    legacy = is_legacy_program(program)
-    scope = scope if scope is not None else paddle.static.global_scope()
-    block = program.global_block()
-    names = [p.name for p in block.all_parameters()]
-    if legacy and not names:  # a loaded legacy inference model: persistable dense tensors
-        names = [n for n, v in block.vars.items() if v.persistable and n not in ("feed", "fetch")]
-    names = in_model_order(program, names)
-    out = {}
-    for n in names:
-        var = scope.find_var(n)
-        if var is None:
-            raise ValueError(f"scope has no variable {n!r} of the program (run the startup program, or pass "
-                             "the scope the program ran in)")
-        out[n] = np.array(var.get_tensor())
-    return out
-
-
-# -- weights of any source ---------------------------------------------------------------------------------
-def unpack_mask(mask: np.ndarray, shape: Sequence[int], key: str = "mask") -> np.ndarray:
-    """A pruner mask as bool of ``shape``: bool/0-1 arrays of that shape, or ``np.packbits`` of the flat mask.
-
-    >>> unpack_mask(np.packbits([1, 0, 1]), (3,)).tolist()
-    [True, False, True]
+    >>> rows_density([LayerStat("a", [4], "float32", 4, 1, 0.25), LayerStat("b", [4], "float32", 4, 3, 0.75)])
+    0.5
     """
-    m = np.asarray(mask)
-    n = int(np.prod(shape, dtype=np.int64))
-    if m.shape == tuple(shape) and (m.dtype == np.bool_ or n != math.ceil(n / 8) or np.isin(m, (0, 1)).all()):
-        return m.astype(bool)
-    if m.dtype == np.uint8 and m.shape == (math.ceil(n / 8),):
-        return np.unpackbits(m, count=n).astype(bool).reshape(tuple(shape))
-    raise ValueError(f"{key}: shape {list(m.shape)} dtype {m.dtype} is neither a mask of shape {list(shape)} nor "
-                     f"a bit-packed mask of {math.ceil(n / 8)} uint8")
+    size = sum(r.size for r in rows)
+    return sum(r.nonzeros for r in rows) / size if size else empty
 
 
 def _checkpoint_weights(state: Mapping[str, Any]) -> Tuple[Dict[str, np.ndarray], Dict[str, bool]]:
-    arrays: Dict[str, np.ndarray] = {}
-    for k, v in state.items():  # numpy arrays (paddle.load(return_numpy=True)) or paddle Tensors
-        if isinstance(v, (np.ndarray, np.generic)):
-            arrays[k] = np.asarray(v)
-        elif callable(getattr(v, "numpy", None)):
-            arrays[k] = np.asarray(v.numpy())
-    weights: Dict[str, np.ndarray] = {}
-    masked: Dict[str, bool] = {}
-    for k, v in arrays.items():
-        base = k[: -len(MASK_SUFFIX)] if k.endswith(MASK_SUFFIX) else None
-        if base is not None and base in arrays:
-            continue
-        if not np.issubdtype(v.dtype, np.floating):
-            continue  # counters, packed state, integer buffers: not weights
-        m = arrays.get(k + MASK_SUFFIX)
-        if m is not None:
-            v = v * unpack_mask(m, v.shape, k + MASK_SUFFIX).astype(v.dtype)
-            masked[k] = True
-        weights[k] = v
-    return weights, masked
+    """The float entries of a state dict with their pruner masks folded in, and which of them had a mask."""
+    folded, _ = fold_checkpoint_masks(state)
+    weights = {k: v for k, v in folded.items() if np.issubdtype(v.dtype, np.floating)}  # not counters, packed state
+    return weights, {k: (k + MASK_SUFFIX) in state for k in weights}
 
 
 def load_weights(source: Any, scope: Any = None) -> Tuple[str, Dict[str, np.ndarray], Dict[str, str], Dict[str, bool]]:
@@ -287,12 +186,13 @@ def load_weights(source: Any, scope: Any = None) -> Tuple[str, Dict[str, np.ndar
     if isinstance(source, paddle.nn.Layer):
         weights, structured, masked = {}, {}, {}
         for lname, layer in source.named_sublayers(include_self=True):
-            for attr, p in layer._parameters.items():
-                if p is None or p.name in weights:
+            buffers = {n for n, _ in layer.named_buffers(include_sublayers=False)}
+            for attr, p in layer.named_parameters(include_sublayers=False):
+                if p.name in weights:
                     continue
                 weights[p.name] = np.array(p.numpy())
                 structured[p.name] = f"{lname}.{attr}" if lname else attr
-                masked[p.name] = (attr + MASK_SUFFIX) in layer._buffers
+                masked[p.name] = (attr + MASK_SUFFIX) in buffers
         return "dygraph model", weights, structured, masked
     if isinstance(source, Mapping):
         weights, masked = _checkpoint_weights(source)
@@ -300,17 +200,12 @@ def load_weights(source: Any, scope: Any = None) -> Tuple[str, Dict[str, np.ndar
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if path.endswith(".pdparams") or path.endswith(".pdopt"):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"checkpoint {path!r} not found")
-            state = paddle.load(path, return_numpy=True)
-            if not isinstance(state, Mapping):
-                raise ValueError(f"checkpoint {path!r} is not a state dict (got {type(state).__name__})")
-            weights, masked = _checkpoint_weights(state)
+            weights, masked = _checkpoint_weights(load_checkpoint(path))
             return "checkpoint", weights, {}, masked
-        program, scope, legacy = load_inference_model(path)
-        return ("legacy inference model" if legacy else "inference model"), _program_weights(program, scope), {}, {}
+        saved = SavedModel(path)
+        return ("legacy inference model" if saved.legacy else "inference model"), saved.weights, {}, {}
     is_legacy_program(source)  # TypeError for anything that is not a program
-    weights = _program_weights(source, scope)
+    weights = program_weights(source, scope)
     sc = scope if scope is not None else paddle.static.global_scope()
     masked = {n: sc.find_var(n + MASK_SUFFIX) is not None for n in weights}
     return "static program", weights, {}, masked

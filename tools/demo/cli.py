@@ -5,6 +5,9 @@ files with ``--mnist-dir``. Nothing is ever downloaded. Writes into ``--out-dir`
 (``<net>.pdparams``, accepted by ``paddleslim-export --checkpoint``), the sparsity report
 (``sparsity.txt``/``.json`` and PNGs), ``results.json`` (accuracies) and the export (``export/``).
 
+The package: :mod:`.cli` (this: run, report, save, export, the command line), :mod:`.models` (the networks,
+``paddleslim_tools.demo:digits_cnn`` for the export and report tools), :mod:`.training` (data, training loop).
+
 >>> from paddleslim_tools.demo import main
 >>> main(["--epochs", "2", "--no-export", "-q", "--out-dir", "/tmp/demo"])  # doctest: +SKIP
 0
@@ -32,56 +35,17 @@ with warnings.catch_warnings():  # Paddle's import-time "No ccache found" notice
 
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
 
-from .cli_contract import EXIT_INTERRUPTED, probe_writable, sigterm_as_interrupt
-from .demo_core import Dataset, accuracy, check_mnist_dir, load_digits, load_mnist, read_idx, train_epoch
+from ..cli_contract import EXIT_INTERRUPTED, probe_writable, sigterm_as_interrupt
+from .models import build_model
+from .training import Dataset, accuracy, check_mnist_dir, load_digits, load_mnist, train_epoch
 
-__all__ = ["main", "run", "DemoResult", "Dataset", "load_digits", "load_mnist", "read_idx", "build_model",
-           "digits_cnn", "mnist_cnn", "gmp_configs", "train_epoch", "accuracy"]
+__all__ = ["main", "run", "DemoResult", "gmp_configs", "missing_extras", "EXPORT_TARGET", "TARGET_RATIO"]
 
 _log = logging.getLogger(__name__)
 _PROG = "paddleslim-demo"
 
 TARGET_RATIO = 0.9
 MAX_EPOCHS = 1000
-
-
-# -- model -----------------------------------------------------------------------------------------
-def build_model(image_shape: Sequence[int] = (8, 8), num_classes: int = 10) -> paddle.nn.Layer:
-    """conv3x3(16)-BN-ReLU-maxpool2, conv3x3(32)-ReLU, maxpool2 while the map is >= 8, FC(64)-ReLU, FC(classes).
-
-    Only ops with an exact ONNX equivalent (no adaptive pooling with uneven windows), so the export check
-    passes at any input size: 8x8 digits -> 4x4 maps, 28x28 MNIST -> 14x14 -> 7x7 maps. The BatchNorm layer
-    is there to show it is skipped by the default prunable-parameter rule.
-
-    >>> list(build_model((28, 28))[-3].weight.shape)
-    [1568, 64]
-    """
-    if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 2
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 2 for d in image_shape)):
-        raise ValueError(f"image_shape must be two ints >= 2 (height, width); got {image_shape!r}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}")
-    h, w = image_shape[0] // 2, image_shape[1] // 2
-    layers: List[paddle.nn.Layer] = [
-        paddle.nn.Conv2D(1, 16, 3, padding=1), paddle.nn.BatchNorm2D(16), paddle.nn.ReLU(), paddle.nn.MaxPool2D(2),
-        paddle.nn.Conv2D(16, 32, 3, padding=1), paddle.nn.ReLU(),
-    ]
-    while min(h, w) >= 8:
-        layers.append(paddle.nn.MaxPool2D(2))
-        h, w = h // 2, w // 2
-    layers += [paddle.nn.Flatten(), paddle.nn.Linear(32 * h * w, 64), paddle.nn.ReLU(),
-               paddle.nn.Linear(64, num_classes)]
-    return paddle.nn.Sequential(*layers)
-
-
-def digits_cnn() -> paddle.nn.Layer:
-    """The demo network for the bundled 8x8 digits (``paddleslim-export --model paddleslim_tools.demo:digits_cnn``)."""
-    return build_model((8, 8))
-
-
-def mnist_cnn() -> paddle.nn.Layer:
-    """The demo network for 28x28 MNIST (``paddleslim-export --model paddleslim_tools.demo:mnist_cnn``)."""
-    return build_model((28, 28))
 
 
 def gmp_configs(iters_per_epoch: int, prune_epochs: int, tune_epochs: int) -> Dict[str, float]:
@@ -138,7 +102,7 @@ class _Out:
 
 def run(args: argparse.Namespace, out: _Out) -> Tuple[DemoResult, paddle.nn.Layer, Dataset, Any]:
     """Train dense, prune with GMP to 90%; returns (result, model, data, sparsity report) before finalize."""
-    from .sparsity_report import schedule_points, sparsity_report
+    from ..report.sparsity import schedule_points, sparsity_report
 
     start = time.perf_counter()
     paddle.set_device("cpu")
@@ -204,7 +168,7 @@ def _builder(shape: Tuple[int, int]) -> str:
 
 def _write_files(result: DemoResult, model: paddle.nn.Layer, report: Any, args: argparse.Namespace,
                  out: _Out, out_dir: Path) -> None:
-    from .deployment import SCOPE_NOTE, deployment_report
+    from ..report.deployment import SCOPE_NOTE, deployment_report
 
     h, w = result.image_shape
     stem = f"{result.dataset}_cnn"
@@ -288,7 +252,7 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out, sho
 def missing_extras(plots: bool = True, export: bool = True) -> Optional[str]:
     """One line naming every missing module of the extras the run needs (``plot``: matplotlib; ``export``: onnx,
     onnxruntime, paddle2onnx) and how to install them or do without, or None when nothing is missing."""
-    from .export.extras import EXTRA_MODULES, missing_extra
+    from ..export.extras import EXTRA_MODULES, missing_extra
 
     need = [("plot", "--no-plots", ["matplotlib"] if plots else []),
             ("export", "--no-export", list(EXTRA_MODULES) if export else [])]
@@ -379,7 +343,7 @@ def main(argv: Optional[Sequence[str]] = None, stream: Optional[TextIO] = None) 
 
 
 def _main(argv: Optional[Sequence[str]], stream: Optional[TextIO]) -> int:
-    from .export.staging import staging
+    from ..staging import staging
 
     try:
         args = _parser().parse_args(argv)

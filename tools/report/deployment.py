@@ -26,7 +26,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .sparsity_report import is_legacy_program, load_inference_model, static_mode
+from paddleslim_static.programs import static_mode
+
+from ..loading import is_legacy_program, load_inference_model
 
 __all__ = ["OpVerdict", "DeploymentReport", "deployment_report", "lite_verdict", "lite_zero_fraction",
            "DEFAULT_SPARSE_THRESHOLD", "SCOPE", "SCOPE_NOTE"]
@@ -211,12 +213,15 @@ def _dygraph_ops(model: Any, input_shape: Sequence[int], threshold: float) -> Li
             flops = 2 * int(np.prod(x)) * int(w.shape[1])
             found.append(_verdict("matmul", layer.weight.name, w, 1, [1, 1], [0, 0], flops, threshold, lname))
             return
+        # Paddle 3.3.1 has no public accessor for a conv layer's groups, stride or padding (nor a public
+        # Conv2D.groups/.stride/.padding): only the constructor's arguments, kept as _groups, _stride,
+        # _updated_padding, _padding_algorithm
         groups = int(layer._groups)
         if isinstance(layer, paddle.nn.Conv2DTranspose):
             op = "conv2d_transpose"
         elif isinstance(layer, paddle.nn.Conv2D):
-            op = "depthwise_conv2d" if groups == layer._in_channels and groups > 1 and \
-                layer._out_channels % groups == 0 else "conv2d"
+            # depthwise: groups == in channels (weight [Cout, Cin / groups, kh, kw]), Cout a multiple of groups
+            op = "depthwise_conv2d" if w.shape[1] == 1 and groups > 1 and w.shape[0] % groups == 0 else "conv2d"
         else:
             op = "conv3d" if w.ndim == 5 else "conv1d"
         pads = list(layer._updated_padding) if isinstance(layer._updated_padding, (list, tuple)) else \
@@ -325,7 +330,7 @@ def deployment_report(target: Any, input_shape: Sequence[int], *, scope: Any = N
         ops = _dygraph_ops(target, shape, threshold)
     elif isinstance(target, str) or hasattr(target, "__fspath__"):
         program, sc, legacy = load_inference_model(target)
-        with static_mode(legacy):
+        with static_mode(pir=not legacy):
             ops = _static_ops(program, sc, shape, threshold)
     else:
         is_legacy_program(target)  # TypeError for anything else

@@ -5,7 +5,7 @@
     paddleslim-report ckpt.pdparams --model paddleslim_tools.demo:digits_cnn --input-shape 1x1x8x8
     paddleslim-report model.pdmodel --input-shape 1x3x224x224 --sparse-threshold 0.4
 
-Kept apart from :mod:`paddleslim_tools.sparsity_report` (the library) so neither module passes 400 lines.
+The report itself is :mod:`.sparsity` and :mod:`.deployment`; loading is :mod:`paddleslim_tools.loading`'s.
 Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130 Ctrl-C or SIGTERM. The files of ``--out``
 are written into a staging directory next to it and moved into place at the end, so a failed, interrupted or
 killed run leaves no partial report.
@@ -19,13 +19,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Union
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
-import numpy as np
+from ..cli_contract import EXIT_INTERRUPTED, probe_writable, sigterm_as_interrupt
+from ..errors import one_line
 
-from .cli_contract import EXIT_INTERRUPTED, probe_writable, sigterm_as_interrupt
-
-__all__ = ["main", "parse_shape", "load_model", "read_checkpoint", "read_inference_model", "check_input_shape"]
+__all__ = ["main", "parse_shape", "check_input_shape"]
 
 _PROG = "paddleslim-report"
 
@@ -51,49 +50,11 @@ def parse_shape(text: str) -> List[int]:
     return dims
 
 
-def read_checkpoint(path: str) -> Dict[str, Any]:
-    """``paddle.load(path)`` of a dygraph checkpoint, or ValueError in one line: missing, empty, truncated or corrupt
-    file, not a state dict, no float tensor in it."""
-    import paddle
-
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path!r} not found")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"checkpoint {path!r} is empty (0 bytes)")
-    try:
-        state = paddle.load(path, return_numpy=True)
-    except MemoryError:
-        raise ValueError(f"checkpoint {path!r} is too large to load in memory") from None
-    except Exception as e:  # pickle/protobuf/Paddle errors of a truncated or corrupt file: all the same to the user
-        raise ValueError(f"checkpoint {path!r} is truncated or corrupt ({type(e).__name__}: {_one_line(e)})") from None
-    if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint {path!r} is not a state dict (got {type(state).__name__})")
-    if not any(np.issubdtype(np.asarray(v).dtype, np.floating) for v in state.values()
-               if isinstance(v, (np.ndarray, np.generic))):
-        raise ValueError(f"checkpoint {path!r} holds no float tensor: not a model's state dict")
-    return dict(state)
-
-
-def read_inference_model(prefix: str) -> Any:
-    """(program, scope, legacy) of an inference model, or ValueError in one line naming it (truncated or corrupt
-    model or weights file)."""
-    from .sparsity_report import load_inference_model
-
-    try:
-        return load_inference_model(prefix)
-    except FileNotFoundError as e:
-        raise ValueError(str(e)) from None
-    except MemoryError:
-        raise ValueError(f"inference model {prefix!r} is too large to load in memory") from None
-    except Exception as e:  # a JSON/protobuf parse error, "Cannot read tensor desc size": a damaged file
-        raise ValueError(f"inference model {prefix!r} is truncated or corrupt ({_one_line(e)})") from None
-
-
 def check_input_shape(shape: Sequence[int], program: Any, legacy: bool, text: str) -> None:
     """ValueError unless ``shape`` fits the single input of an inference model (same rank; fixed dims equal)."""
-    from .sparsity_report import static_mode
+    from paddleslim_static.programs import static_mode
 
-    with static_mode(legacy):
+    with static_mode(pir=not legacy):
         if legacy:
             block = program.global_block()
             feeds = [list(block.var(op.output("Out")[0]).shape) for op in block.ops if op.type == "feed"]
@@ -105,45 +66,6 @@ def check_input_shape(shape: Sequence[int], program: Any, legacy: bool, text: st
     if len(want) != len(shape) or any(w >= 0 and w != d for w, d in zip(want, shape)):
         model = "x".join("?" if w < 0 else str(w) for w in want)
         raise ValueError(f"--input-shape {text} does not fit the model's input {model}")
-
-
-def load_model(spec: str, kwargs: Optional[Dict[str, Any]] = None,
-               checkpoint: Union[None, str, Mapping[str, Any]] = None) -> Any:
-    """Build ``module:callable(**kwargs)`` and load ``checkpoint`` (a path, or the state :func:`read_checkpoint`
-    returned) into it (pruner masks, bool or bit-packed, folded into their weights)."""
-    import paddle
-
-    from .sparsity_report import MASK_SUFFIX, unpack_mask
-
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"--model must be module:callable (e.g. paddleslim_tools.demo:digits_cnn); got {spec!r}")
-    from .export.loading import resolve_callable  # the export's loader: imports from the current directory too
-
-    obj = resolve_callable(spec)
-    try:
-        net = obj(**(kwargs or {}))
-    except Exception as e:
-        raise ValueError(f"--model {spec!r} failed to build with --kwargs {kwargs or {}}: {e}") from None
-    if not isinstance(net, paddle.nn.Layer):
-        raise ValueError(f"--model {spec!r} returned {type(net).__name__}, not a paddle.nn.Layer")
-    if checkpoint is None:
-        return net
-    state = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
-    checkpoint = "given" if isinstance(checkpoint, Mapping) else checkpoint
-    expected = net.state_dict()
-    loaded = {}
-    for k, v in expected.items():
-        if k not in state:
-            raise ValueError(f"checkpoint {checkpoint!r} has no {k!r} (does --model build the right network?)")
-        arr = np.asarray(state[k])
-        if list(arr.shape) != list(v.shape):
-            raise ValueError(f"checkpoint {checkpoint!r}: {k!r} has shape {list(arr.shape)}, network {list(v.shape)}")
-        m = state.get(k + MASK_SUFFIX)
-        if m is not None and np.issubdtype(arr.dtype, np.floating):
-            arr = arr * unpack_mask(np.asarray(m), arr.shape, k + MASK_SUFFIX).astype(arr.dtype)
-        loaded[k] = arr
-    net.set_state_dict(loaded)
-    return net
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,11 +96,9 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
     if is_ckpt and not os.path.isfile(src):
         raise ValueError(f"checkpoint {src!r} not found")
     if not is_ckpt:
-        from .sparsity_report import _model_file
-        try:
-            _model_file(src)
-        except FileNotFoundError as e:
-            raise ValueError(str(e)) from None
+        from ..loading import model_files
+
+        model_files(src)
     kw = None
     if args.kwargs is not None:
         try:
@@ -216,6 +136,7 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
         probe_writable("--out", args.out, probe)
         if not args.no_plots:
             from .plots import require_matplotlib
+
             try:
                 require_matplotlib()
             except ImportError as e:
@@ -223,12 +144,6 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
     if not args.name or os.sep in args.name or args.name in (".", ".."):
         raise ValueError(f"--name must be a plain file name stem; got {args.name!r}")
     return {"checkpoint": is_ckpt, "kwargs": kw, "shape": shape, "history": history}
-
-
-def _one_line(e: BaseException) -> str:
-    from .export.errors import one_line
-
-    return one_line(e)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -255,18 +170,19 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         v = _validate(args)
         import paddle
 
+        from ..loading import build_network, load_checkpoint, load_inference_model
         from .deployment import DEFAULT_SPARSE_THRESHOLD, deployment_report
-        from .sparsity_report import sparsity_report
+        from .sparsity import sparsity_report
 
         paddle.set_device("cpu")
         target: Any = args.source
-        state = read_checkpoint(args.source) if v["checkpoint"] else None
+        state = load_checkpoint(args.source) if v["checkpoint"] else None
         if state is None:
-            program, _, legacy = read_inference_model(args.source)
+            program, _, legacy = load_inference_model(args.source)
             if v["shape"] is not None:
                 check_input_shape(v["shape"], program, legacy, args.input_shape)
         if args.model:
-            target = load_model(args.model, v["kwargs"], state)
+            target, _ = build_network(args.model, v["kwargs"], state)
         rep = sparsity_report(args.source if state is None else state, history=v["history"])  # masks: prunable
         if state is not None:
             rep.source, rep.kind = args.source, "checkpoint"
@@ -278,13 +194,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             except MemoryError:
                 raise ValueError(f"--input-shape {args.input_shape}: too large (out of memory)") from None
             except (ValueError, RuntimeError) as e:  # Paddle's shape errors (InvalidArgument...) are ValueErrors
-                raise ValueError(f"--input-shape {args.input_shape} does not fit the network: {_one_line(e)}") from None
+                raise ValueError(f"--input-shape {args.input_shape} does not fit the network: {one_line(e)}") from None
             rep.extra["deployment"] = dep.to_dict()
     except _UsageError as e:
         print(f"{_PROG}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError, RuntimeError) as e:
-        print(f"{_PROG}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{_PROG}: error: {one_line(e)}", file=sys.stderr)
         return 2
     if not args.quiet:
         print(f"{rep.kind}: {rep.source}")
@@ -293,7 +209,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             print()
             print(dep.format_table())
     if args.out is not None:
-        from .export.staging import staging
+        from ..staging import staging
 
         existed = os.path.isdir(args.out)
         try:
