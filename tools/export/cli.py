@@ -14,12 +14,12 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Iterator, NoReturn, Optional, Sequence
 
-from ..p2o_convert import ConversionError
-from .errors import ExportError, one_line
+from ..errors import ExportError, one_line
 from .extras import INSTALL_EXTRA, missing_extra
+from .p2o_convert import ConversionError
 
 if TYPE_CHECKING:
-    from ..report import ExportReport
+    from .export_report import ExportReport
 
 __all__ = ["main", "build_parser"]
 

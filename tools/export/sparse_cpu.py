@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import paddle
 
-from .errors import ExportError
+from ..errors import ExportError
 from paddleslim_tools.runtime.timing import median_seconds
 
 from .layout import sparse_cpu_prefix
@@ -144,7 +144,7 @@ def _save(layer: paddle.nn.Layer, specs: Sequence[paddle.static.InputSpec], tmp:
         with convert_layers(layer, names):
             paddle.jit.save(layer, prefix, input_spec=list(specs))
     except Exception as e:
-        from .errors import one_line
+        from ..errors import one_line
 
         raise ExportError(f"saving the sparse-cpu model failed: {one_line(e)}") from None
     result.model_file, result.params_file = prefix + ".json", prefix + ".pdiparams"
@@ -155,7 +155,7 @@ def _time_end_to_end(result: SparseCpuResult, dense_prefix: str, feeds: Dict[str
     from paddleslim_tools.runtime import create_predictor
     from paddleslim_tools.runtime.predictor import predictor_runner
 
-    from .loading import model_files
+    from ..loading import model_files
 
     dense_model, dense_params, _ = model_files(dense_prefix)
     dense_on = predictor_runner(create_predictor(dense_model, dense_params, mkldnn=True), feeds)
@@ -178,7 +178,7 @@ def check_sparse_model(result: SparseCpuResult, dense_model: str, dense_params: 
     from paddleslim_tools.runtime import create_predictor
     from paddleslim_tools.runtime.predictor import predictor_runner
 
-    from ..verify import compare_outputs
+    from .verify import compare_outputs
 
     dense = predictor_runner(create_predictor(dense_model, dense_params), feeds)
     sparse_pred = create_predictor(result.model_file, result.params_file)
