@@ -108,12 +108,65 @@ def test_a_dense_model_gets_one_sentence_and_no_file(tmp_path):
     assert all("density" in p["reason"] for p in report.sparse_cpu["layers"])
 
 
-def test_static_program_export_refuses_sparse_cpu_and_all_skips_it(tmp_path):
-    net = mlp()
+def test_static_program_rewrite_replaces_matmuls_and_drops_dense_weights(tmp_path, pruned_export):
+    """The rewrite itself (no measurement): every matmul reading a weight parameter becomes the sparse operator,
+    the dense weights leave the program and the parameters file, and the outputs equal the dense model's."""
+    from paddleslim_tools.runtime import programs
+
+    net, _, _ = pruned_export
+    net.eval()
+    paddle.jit.save(net, str(tmp_path / "src" / "model"), SPEC)
+    weights = [p.name for p in (net[1].weight, net[3].weight, net[5].weight)]
+    programs.save_sparse_program(str(tmp_path / "src" / "model"), weights, str(tmp_path / "src" / "sparse-cpu" / "model"))
+    text = (tmp_path / "src" / "sparse-cpu" / "model.json").read_text()
+    assert text.count("paddleslim_sparse_linear") >= 3 and all(f'"{w}"' not in text for w in weights)
+    dense_bytes = os.path.getsize(tmp_path / "src" / "model.pdiparams")
+    assert os.path.getsize(tmp_path / "src" / "sparse-cpu" / "model.pdiparams") < 0.3 * dense_bytes
+    proc = subprocess.run([sys.executable, "-c", _FRESH.replace('paddle.jit.load(out + "/sparse-cpu/model")',
+                                                                'paddle.jit.load(out + "/model")'),
+                           str(tmp_path / "src"), "3"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_static_inference_model_export_measures_each_matmul(tmp_path, pruned_export):
+    """export_program on a saved PIR model (what static users have) with target sparse-cpu: each matmul measured
+    at the export shape; written only when faster end to end, verified; the caller's static mode left as it was."""
+    net, _, _ = pruned_export
     net.eval()
     paddle.jit.save(net, str(tmp_path / "src" / "m"), SPEC)
-    with pytest.raises(ExportError, match="dygraph layers"):
-        export_program(str(tmp_path / "src" / "m"), str(tmp_path / "a"), target="sparse-cpu")
+    paddle.enable_static()
+    try:
+        report = export_program(str(tmp_path / "src" / "m"), str(tmp_path / "out"), target="sparse-cpu")
+        assert not paddle.in_dynamic_mode()
+    finally:
+        paddle.disable_static()
+    assert report.ok, report.failures
+    layers = report.sparse_cpu["layers"]
+    assert [p["weight"] for p in layers] == [p.name for p in (net[1].weight, net[3].weight, net[5].weight)]
+    assert all(p["kind"] == "linear" and p["input_shape"][0] == 1 and p["reason"] for p in layers)
+    if report.sparse_cpu["written"]:
+        assert report.sparse_cpu["speedup"] >= 1.0 and report.output_checks[-1].ok
+        assert "paddleslim_sparse_linear" in (tmp_path / "out" / "sparse-cpu" / "model.json").read_text()
+    else:
+        assert report.sparse_cpu["verdict"].startswith("no sparse-cpu model")
+
+
+def test_legacy_programs_refuse_sparse_cpu_before_writing(tmp_path):
+    net = mlp()
+    net.eval()
+    with paddle.pir_utils.OldIrGuard():
+        paddle.enable_static()
+        try:
+            main, startup = paddle.static.Program(), paddle.static.Program()
+            with paddle.static.program_guard(main, startup):
+                x = paddle.static.data("x", [None, 8], "float32")
+                y = paddle.static.nn.fc(x, 4)
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            exe.run(startup)
+            with pytest.raises(ExportError, match="legacy-IR"):
+                export_program(main, str(tmp_path / "a"), target="sparse-cpu", fetch_vars=[y])
+        finally:
+            paddle.disable_static()
     assert not (tmp_path / "a").exists()  # refused before anything was written
 
 

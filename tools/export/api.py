@@ -21,7 +21,7 @@ from .extras import require_extra
 from .layout import lite_prefix, model_prefix, report_path
 from .lite import save_lite_layer
 from .pipeline import LiteResult, Timer, finish
-from .sparse_cpu import SparseCpuResult, kernels_or_skip, save_sparse_layer, skipped
+from .sparse_cpu import SparseCpuResult, kernels_or_skip, save_sparse_layer, save_sparse_program, skipped
 from .specs import ExportOptions, check_input_spec
 from .verify import random_feeds
 
@@ -174,10 +174,10 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
                             f"inference model path prefix; got {type(program).__name__}") from None
         scope = scope if scope is not None else paddle.static.global_scope()
     sparse = None
-    if opts.sparse_cpu:
-        sparse = skipped(opts.target, "the sparse-cpu model is made from dygraph layers: export the layer "
-                         "(export_layer) or a checkpoint (export_checkpoint, --checkpoint --model); static programs "
-                         "and saved inference models are not converted yet")
+    if opts.sparse_cpu:  # before anything is written: can it be made at all?
+        sparse = (skipped(opts.target, "the sparse-cpu model of a static program is made from a PIR program: "
+                          "legacy-IR programs and .pdmodel models are not converted") if legacy
+                  else kernels_or_skip(opts.target))
     if opts.lite and not legacy:
         raise ExportError("target 'lite' needs a legacy-IR model: Paddle 3.3.1 cannot translate a PIR program back "
                           "to legacy IR; export the dygraph layer or checkpoint, or build the program under "
@@ -211,6 +211,11 @@ def export_program(program_or_prefix: Any, out_dir: PathLike, *, scope: Any = No
                                                    program=program)
             except Exception as e:
                 raise ExportError(f"save_inference_model failed: {one_line(e)}") from None
+        if opts.sparse_cpu and sparse is None:
+            feeds = random_feeds(SavedModel(model_prefix(tmp, opts.name), False).feed_specs, seed=opts.seed,
+                                 dynamic_dim=1)
+            with timer("sparse_cpu_measure_save"):
+                sparse = save_sparse_program(tmp, opts.name, feeds, model_prefix(tmp, opts.name))
         return finish(tmp, final, opts, legacy, timer, sparse_cpu=sparse)
 
 

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import shutil
 import statistics
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -88,12 +88,37 @@ def save_sparse_layer(layer: paddle.nn.Layer, specs: Sequence[paddle.static.Inpu
                       feeds: Dict[str, np.ndarray], tmp: str, name: str, dense_prefix: str) -> SparseCpuResult:
     """Measure, convert the layers that gain, check the whole model is faster than ``dense_prefix`` (the saved dense
     model) and keep ``tmp/sparse-cpu/NAME`` only then. ``layer`` is in eval mode with the masks folded in."""
-    from paddleslim_tools.runtime.convert import plan_conversion
+    from paddleslim_tools.runtime.convert import convert_layers, plan_conversion
 
     isa = require_kernels()
-    inputs = [paddle.to_tensor(v) for v in feeds.values()]
-    plans = plan_conversion(layer, inputs, min_speedup=MIN_LAYER_SPEEDUP)
-    result = SparseCpuResult(plans, [list(v.shape) for v in feeds.values()], isa)
+    plans = plan_conversion(layer, [paddle.to_tensor(v) for v in feeds.values()], min_speedup=MIN_LAYER_SPEEDUP)
+    prefix = sparse_cpu_prefix(tmp, name)
+
+    def write(names: List[str]) -> None:
+        with convert_layers(layer, names):
+            paddle.jit.save(layer, prefix, input_spec=list(specs))
+    return _keep_if_faster(SparseCpuResult(plans, [list(v.shape) for v in feeds.values()], isa), write, prefix,
+                           dense_prefix, feeds)
+
+
+def save_sparse_program(tmp: str, name: str, feeds: Dict[str, np.ndarray], dense_prefix: str) -> SparseCpuResult:
+    """The same for a saved PIR inference model (``dense_prefix``): its matmuls with weight parameters are the
+    candidates (see :mod:`paddleslim_tools.runtime.programs`)."""
+    from paddleslim_tools.runtime import programs
+
+    isa = require_kernels()
+    plans = programs.plan_program(dense_prefix, min_speedup=MIN_LAYER_SPEEDUP)
+    prefix = sparse_cpu_prefix(tmp, name)
+    return _keep_if_faster(SparseCpuResult(plans, [list(v.shape) for v in feeds.values()], isa),
+                           lambda names: programs.save_sparse_program(dense_prefix, names, prefix), prefix,
+                           dense_prefix, feeds)
+
+
+def _keep_if_faster(result: SparseCpuResult, write: Callable[[List[str]], None], prefix: str, dense_prefix: str,
+                    feeds: Dict[str, np.ndarray]) -> SparseCpuResult:
+    """Write the model with the layers measured faster converted (then only the Linear ones, then only the
+    convolutions) until one is faster end to end than the dense model; the verdict either way."""
+    plans = result.layers
     chosen = [p for p in plans if p.converted]
     if not plans:
         result.verdict = "no sparse-cpu model: the network has no Linear or 1x1 Conv2D layer the sparse kernels run"
@@ -110,7 +135,14 @@ def save_sparse_layer(layer: paddle.nn.Layer, specs: Sequence[paddle.static.Inpu
     tried: List[str] = []
     kept: set = set()
     for subset in subsets:
-        _save(layer, specs, tmp, name, [p.name for p in subset], result)
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        try:
+            write([p.name for p in subset])
+        except Exception as e:
+            from ..errors import one_line
+
+            raise ExportError(f"saving the sparse-cpu model failed: {one_line(e)}") from None
+        result.model_file, result.params_file = prefix + ".json", prefix + ".pdiparams"
         _time_end_to_end(result, dense_prefix, feeds)
         if result.speedup >= 1.0:
             kept = {p.name for p in subset}
@@ -130,24 +162,8 @@ def save_sparse_layer(layer: paddle.nn.Layer, specs: Sequence[paddle.static.Inpu
     else:
         result.verdict = (f"sparse-cpu model {result.speedup:.2f}x faster than the best dense Paddle Inference "
                           f"({result.dense_ms:.3f} -> {result.sparse_ms:.3f} ms, {len(kept)} layers converted, "
-                          f"{isa} kernels, one thread, input {result.input_shapes})")
+                          f"{result.isa} kernels, one thread, input {result.input_shapes})")
     return result
-
-
-def _save(layer: paddle.nn.Layer, specs: Sequence[paddle.static.InputSpec], tmp: str, name: str,
-          names: List[str], result: SparseCpuResult) -> None:
-    from paddleslim_tools.runtime.convert import convert_layers
-
-    prefix = sparse_cpu_prefix(tmp, name)
-    os.makedirs(os.path.dirname(prefix), exist_ok=True)
-    try:
-        with convert_layers(layer, names):
-            paddle.jit.save(layer, prefix, input_spec=list(specs))
-    except Exception as e:
-        from ..errors import one_line
-
-        raise ExportError(f"saving the sparse-cpu model failed: {one_line(e)}") from None
-    result.model_file, result.params_file = prefix + ".json", prefix + ".pdiparams"
 
 
 def _time_end_to_end(result: SparseCpuResult, dense_prefix: str, feeds: Dict[str, np.ndarray]) -> None:
