@@ -12,9 +12,10 @@ import contextlib
 import os
 import signal
 import tempfile
+from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ["sigterm_as_interrupt", "probe_writable", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
+__all__ = ["sigterm_as_interrupt", "probe_writable", "check_output_dir", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -49,3 +50,17 @@ def probe_writable(flag: str, given: str, directory: Union[str, "os.PathLike[str
         os.rmdir(tempfile.mkdtemp(prefix=".paddleslim-probe-", dir=os.fspath(directory)))
     except OSError as e:
         raise ValueError(f"{flag} {given!r}: cannot write in {os.fspath(directory)!r} ({e.strerror or e})") from None
+
+
+def check_output_dir(flag: str, given: str) -> None:
+    """ValueError naming ``flag`` unless ``given`` is a directory or can be made one, writable: probed by writing
+    in it or its nearest existing ancestor (before any work, so a bad location costs nothing)."""
+    out = Path(given)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {given!r} exists and is not a directory")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {given!r}: {str(probe)!r} is not a directory")
+    probe_writable(flag, given, probe)

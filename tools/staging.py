@@ -3,6 +3,11 @@
 A staging directory is named ``.<out basename>.tmp-<pid>-<random>`` and holds a marker file, so a later export into
 the same parent can recognise one left behind by a process that was killed (``kill -9`` runs no cleanup) and remove
 it: stale means "ours (marker present) and its pid is no longer running".
+
+A full disk is reported as the OS error ``[Errno 28] No space left on device``, whatever the writer said: Paddle's
+``jit.save`` does not check its writes, so a truncated file is only noticed when read back ("Cannot read tensor desc
+size"). When the block fails with the file system (nearly) full, or succeeds with it completely full, the staging
+directory is removed and ``OSError(ENOSPC)`` raised.
 """
 from __future__ import annotations
 
@@ -108,6 +113,8 @@ def staging(out_dir: Union[str, "os.PathLike[str]"], outputs: Sequence[str]) -> 
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-{os.getpid()}-", dir=parent)
         open(os.path.join(tmp, MARKER), "w").close()
         yield tmp, final
+        if _disk_full(tmp, 0):  # a writer that does not check its writes (paddle.jit.save) may have truncated a file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), final)
         os.remove(os.path.join(tmp, MARKER))
         _remove_empty_dirs(tmp)  # a target that wrote nothing in the end leaves no empty directory behind
         if not os.path.exists(final):
@@ -126,10 +133,29 @@ def staging(out_dir: Union[str, "os.PathLike[str]"], outputs: Sequence[str]) -> 
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 os.replace(os.path.join(tmp, *rel.split("/")), dest)
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        # a full disk shows up as whatever reading a truncated file says ("Cannot read tensor desc size"): name it
+        full = (isinstance(exc, Exception) and getattr(exc, "errno", None) != errno.ENOSPC
+                and _disk_full(tmp or parent, _NEARLY_FULL))
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         for d in created:  # innermost first
             with contextlib.suppress(OSError):
                 os.rmdir(d)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), final) from exc
         raise
+
+
+_NEARLY_FULL = 64 * 1024  # after a failed write: less than this left means the write failed for want of space
+
+
+def _disk_full(path: str, below: int) -> bool:
+    """Whether the file system holding ``path`` has at most ``below`` bytes left for this process (root may use the
+    reserved blocks)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize <= below

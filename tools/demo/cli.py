@@ -35,7 +35,7 @@ with warnings.catch_warnings():  # Paddle's import-time "No ccache found" notice
 
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
 
-from ..cli_contract import EXIT_INTERRUPTED, probe_writable, sigterm_as_interrupt
+from ..cli_contract import EXIT_INTERRUPTED, check_output_dir, sigterm_as_interrupt
 from .models import build_model
 from .training import Dataset, accuracy, check_mnist_dir, load_digits, load_mnist, train_epoch
 
@@ -312,16 +312,7 @@ def _check_args(args: argparse.Namespace) -> None:
         except FileNotFoundError as e:
             raise ValueError(str(e)) from None
     out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out-dir {str(out_dir)!r} exists and is not a directory")
-    probe = out_dir
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"--out-dir {str(out_dir)!r}: {str(probe)!r} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out-dir {str(out_dir)!r}: {str(probe)!r} is not writable")
-    probe_writable("--out-dir", str(out_dir), probe)
+    check_output_dir("--out-dir", str(out_dir))
     for sub in ("export",) if not args.no_export else ():
         if (out_dir / sub).exists() and not (out_dir / sub).is_dir():
             raise ValueError(f"--out-dir {str(out_dir)!r}: {str(out_dir / sub)!r} exists and is not a directory")
@@ -378,6 +369,8 @@ def _main(argv: Optional[Sequence[str]], stream: Optional[TextIO]) -> int:
                 try:
                     ok = _export(model, data, Path(tmp) / "export", out, shown=Path(final) / "export")
                     result.files["export_dir"] = str(Path(tmp) / "export")
+                except OSError:  # the output location (a full disk): below, exit 2 with nothing left behind
+                    raise
                 except Exception as e:  # the export tool's own errors: one line, not a traceback
                     failed = f"export failed: {' '.join(str(e).split())[:300]}"
             result.export_ok = ok

@@ -20,7 +20,7 @@ from .export_report import ExportReport, file_sizes, layer_rows
 from .extras import require_extra
 from .layout import lite_prefix, model_prefix, report_path
 from .lite import save_lite_layer
-from .pipeline import LiteResult, Timer, finish
+from .pipeline import LiteResult, Timer, check_nm_pattern, finish
 from .sparse_cpu import SparseCpuResult, kernels_or_skip, save_sparse_layer, save_sparse_program, skipped
 from .specs import ExportOptions, check_input_spec
 from .verify import random_feeds
@@ -230,9 +230,15 @@ def _structured_names(report_file: str) -> Optional[Dict[str, str]]:
     return names or None
 
 
-def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol: float = 1e-5) -> ExportReport:
+def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol: float = 1e-5,
+                  nm_pattern: Optional[str] = None) -> ExportReport:
     """Re-verify an existing export directory: the Paddle model against ``NAME.onnx``, ``NAME.sparse.onnx`` and
-    ``lite/NAME.pdmodel``, whichever exist; writes nothing."""
+    ``lite/NAME.pdmodel``, whichever exist, and with ``nm_pattern`` ('2:4') that every qualifying weight of the
+    Paddle model is N:M sparse; writes nothing."""
+    if nm_pattern is not None:  # a bad pattern is refused before anything is read
+        from paddleslim_static.core.nm import parse_pattern
+
+        parse_pattern(nm_pattern, "nm_pattern")
     out_dir = check_out_dir(out_dir)
     prefix = model_prefix(out_dir, name)
     model_file, params_file, legacy = model_files(prefix)
@@ -246,6 +252,8 @@ def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol
                           ("onnx" if has_onnx else "lite"))
     report.rows = layer_rows(saved.weights, _structured_names(report_path(out_dir, name)))
     report.files = {"paddle_model": model_file, "paddle_params": params_file}
+    if nm_pattern is not None:
+        check_nm_pattern(report, saved, nm_pattern)
     if has_lite:
         report.files.update(lite_model=lite + ".pdmodel", lite_params=lite + ".pdiparams")
         verify_lite(report, saved, SavedModel(lite, legacy=True), seed, rtol)

@@ -14,6 +14,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Iterator, NoReturn, Optional, Sequence
 
+from ..cli_contract import check_output_dir, sigterm_as_interrupt
 from ..errors import ExportError, one_line
 from .extras import INSTALL_EXTRA, missing_extra
 from .p2o_convert import ConversionError
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-threshold", type=float, default=0.6, metavar="ZEROS",
                    help="Paddle Lite opt's --sparse_threshold in the printed command (default 0.6)")
     p.add_argument("--nm", metavar="N:M", default=None,
-                   help="also verify that every matmul/conv weight of the model is N:M sparse, e.g. 2:4")
+                   help="also verify that every matmul/conv weight of the model is N:M sparse, e.g. 2:4 (with "
+                   "--check too)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--max-rows", type=int, default=None, help="print at most this many table rows")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the file paths and verdict")
@@ -94,6 +96,8 @@ def _quiet() -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace) -> "ExportReport":
+    if args.max_rows is not None and args.max_rows < 1:
+        raise ExportError(f"--max-rows must be >= 1; got {args.max_rows}")
     chosen = [x for x in ("checkpoint", "inference_model", "check") if getattr(args, x)]
     if len(chosen) != 1:
         raise ExportError("give exactly one of --checkpoint (with --model, --input), --inference-model, --check")
@@ -115,9 +119,10 @@ def _run(args: argparse.Namespace) -> "ExportReport":
     from .specs import parse_input_spec
 
     if args.check:
-        return verify_export(args.check, name=args.name, seed=args.seed)
+        return verify_export(args.check, name=args.name, seed=args.seed, nm_pattern=args.nm)
     if not args.out:
         raise ExportError("--out DIR is required")
+    check_output_dir("--out", args.out)
     common = dict(name=args.name, opset=args.opset, compress=not args.no_compress, verify=not args.no_verify,
                   sparse_cutoff=args.sparse_cutoff, seed=args.seed, target=args.target,
                   sparse_threshold=args.sparse_threshold, nm_pattern=args.nm)
@@ -157,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif log.level == logging.NOTSET:  # importing paddle sets the root logger to INFO: stay quiet unless -v
         log.setLevel(logging.WARNING)
     try:
-        with _quiet():
+        with _quiet(), sigterm_as_interrupt(load_paddle=True):  # SIGTERM is Ctrl-C: staging removed, exit 130
             report = _run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)

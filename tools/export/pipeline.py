@@ -107,13 +107,14 @@ def _deployment(report: ExportReport, saved: SavedModel, opts: ExportOptions) ->
     report.deployment = result.to_dict()
 
 
-def _nm(report: ExportReport, saved: SavedModel, opts: ExportOptions) -> None:
-    """With ``nm_pattern``: every qualifying weight of the saved Paddle model must be N:M sparse (else a failure)."""
+def check_nm_pattern(report: ExportReport, saved: SavedModel, nm_pattern: str) -> None:
+    """Every qualifying weight of the saved Paddle model must be ``nm_pattern`` ('N:M') sparse (else a failure in
+    ``report``); what an export with ``nm_pattern`` and ``verify_export(..., nm_pattern=)`` check."""
     from paddleslim_static.core.nm import parse_pattern
     from paddleslim_static.nm import check_nm
     from paddleslim_static.programs import static_mode
 
-    n, m = parse_pattern(opts.nm_pattern, "nm_pattern")
+    n, m = parse_pattern(nm_pattern, "nm_pattern")
     with static_mode(pir=not saved.legacy):
         verdicts = check_nm(saved.program, n, m, scope=saved.scope)
     checked = {k: v for k, v in verdicts.items() if not v.skipped}
@@ -160,7 +161,7 @@ def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer
                           timings=timer.seconds, target=opts.target)
     check_no_masks(report, saved)
     if opts.nm_pattern is not None:
-        _nm(report, saved, opts)
+        check_nm_pattern(report, saved, opts.nm_pattern)
     local = {"paddle_model": model_file, "paddle_params": params_file}
     plain = packed = None
     if opts.onnx:

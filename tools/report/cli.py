@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
-from ..cli_contract import EXIT_INTERRUPTED, probe_writable, sigterm_as_interrupt
+from ..cli_contract import EXIT_INTERRUPTED, check_output_dir, sigterm_as_interrupt
 from ..errors import one_line
 
 __all__ = ["main", "parse_shape", "check_input_shape"]
@@ -125,15 +125,7 @@ def _validate(args: argparse.Namespace) -> Dict[str, Any]:
         except (OSError, ValueError) as e:  # ValueError: JSON errors and undecodable (binary) files
             raise ValueError(f"--history {args.history!r}: {e}") from None
     if args.out is not None:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {args.out!r} exists and is not a directory")
-        probe = out
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK):
-            raise ValueError(f"--out {args.out!r}: {str(probe)!r} is not a writable directory")
-        probe_writable("--out", args.out, probe)
+        check_output_dir("--out", args.out)
         if not args.no_plots:
             from .plots import require_matplotlib
 
@@ -153,9 +145,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     glog = os.environ.get("GLOG_minloglevel")
     os.environ.setdefault("GLOG_minloglevel", "2")  # no glog INFO lines on stderr (read when Paddle loads)
     try:
-        with sigterm_as_interrupt(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ccache.*")  # Paddle's import-time noise on stderr
-            return _main(argv)
+            with sigterm_as_interrupt(load_paddle=True):  # Paddle's import would replace the handler
+                return _main(argv)
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -220,7 +213,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                     path.write_text(dep.format_table() + "\n", encoding="utf-8")
                     files["deployment"] = str(path)
         except (OSError, ValueError) as e:  # full disk, permissions: the OS's words
-            print(f"{_PROG}: error: --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+            print(f"{_PROG}: error: --out {args.out!r}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return 2
         if not existed:  # the staging directory was made private (0700); a new --out gets the usual mode
             umask = os.umask(0)
