@@ -1,7 +1,8 @@
 """A hostile-input run over the trust surfaces of issue 16, in both modes: pruner state files (``set_state_dict``),
 constructors (every argument, the positional-argument trap, "nothing to prune"), calls on finalized pruners and
 context managers, ``seek`` / ``summarize_weights``, ``PruningCallback``, non-finite weights, and the command-line
-tools (``paddleslim-export``, ``paddleslim-report``, ``paddleslim-demo``; in-process, their ``main``).
+tools (``paddleslim-export``, ``paddleslim-report``, ``paddleslim-demo``; in-process, their ``main``: exit 2, one
+line on stderr naming the input, nothing on stdout, no file written).
 
 Each case makes one hostile call and classifies the outcome:
 
@@ -575,6 +576,156 @@ def test_non_finite_weights_are_named(mode, call, value, word):
         r.set_weight(name, w)
     refused(f"nonfinite/{call}/{word}/{mode}", r, lambda r: getattr(r.pruner, call)(), ValueError,
             rf"{re.escape(repr(name))} contain {word};")
+
+
+# -- 6. the command-line tools (in-process: their main) ----------------------------------------------------------
+class FilesRig:
+    """A working directory with good and bad inputs; its state is every file and directory below it."""
+
+    mode = "cli"
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+
+    def ctx(self) -> Any:
+        return contextlib.nullcontext()
+
+    def snapshot(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for d, dirs, files in os.walk(self.root):
+            rel = os.path.relpath(d, self.root)
+            out["d:" + rel] = sorted(dirs)
+            for f in files:
+                with open(os.path.join(d, f), "rb") as fh:
+                    out[f"f:{rel}/{f}"] = fh.read()
+        return out
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from paddleslim_tools.demo import digits_cnn
+
+    d = tmp_path_factory.mktemp("hostile_cli")
+    paddle.save(digits_cnn().state_dict(), str(d / "good.pdparams"))
+    raw = (d / "good.pdparams").read_bytes()
+    (d / "truncated.pdparams").write_bytes(raw[: len(raw) // 2])
+    (d / "empty.pdparams").write_bytes(b"")
+    (d / "garbage.pdparams").write_bytes(bytes(range(256)) * 8)
+    paddle.save([1, 2], str(d / "list.pdparams"))
+    (d / "hist.json").write_text("{bad")
+    (d / "afile").write_text("not a directory")
+    return d
+
+
+M = "paddleslim_tools.demo:digits_cnn"
+CK = ["--checkpoint", "good.pdparams", "--model", M, "--input", "x:?x1x8x8"]
+# (id, program, argv, what the one line must name)
+CLI_CASES: List[Tuple[str, str, List[str], str]] = [
+    ("export-no-input", "export", ["--out", "o"], "give exactly one of"),
+    ("export-missing-ckpt", "export", ["--checkpoint", "nope.pdparams", "--model", M, "--input", "x:1x1x8x8",
+                                       "--out", "o"], "checkpoint 'nope.pdparams' not found"),
+    ("export-empty-ckpt", "export", ["--checkpoint", "empty.pdparams"] + CK[2:] + ["--out", "o"],
+     "'empty.pdparams' is empty"),
+    ("export-truncated-ckpt", "export", ["--checkpoint", "truncated.pdparams"] + CK[2:] + ["--out", "o"],
+     "'truncated.pdparams' is truncated or corrupt"),
+    ("export-garbage-ckpt", "export", ["--checkpoint", "garbage.pdparams"] + CK[2:] + ["--out", "o"],
+     "'garbage.pdparams' is truncated or corrupt"),
+    ("export-list-ckpt", "export", ["--checkpoint", "list.pdparams"] + CK[2:] + ["--out", "o"],
+     "'list.pdparams' is not a state dict"),
+    ("export-no-module", "export", CK[:2] + ["--model", "nosuchmod:fn"] + CK[4:] + ["--out", "o"],
+     "cannot import module 'nosuchmod'"),
+    ("export-no-callable", "export", CK[:2] + ["--model", "os:nope"] + CK[4:] + ["--out", "o"],
+     "'os' has no attribute 'nope'"),
+    ("export-model-no-colon", "export", CK[:2] + ["--model", "nocolon"] + CK[4:] + ["--out", "o"],
+     "'module:callable'.*'nocolon'"),
+    ("export-input-garbage", "export", CK[:4] + ["--input", "x:abc", "--out", "o"], "--input 'x:abc'"),
+    ("export-input-dtype", "export", CK[:4] + ["--input", "x:1x1x8x8:float99", "--out", "o"], "float99"),
+    ("export-input-does-not-fit", "export", CK[:4] + ["--input", "x:1x3x8x8", "--out", "o"],
+     "input_spec does not fit"),
+    ("export-no-model", "export", ["--checkpoint", "good.pdparams", "--out", "o"], "--checkpoint needs --model"),
+    ("export-no-input-spec", "export", CK[:4] + ["--out", "o"], "needs at least one --input"),
+    ("export-kwargs-list", "export", CK + ["--kwargs", "[1]", "--out", "o"], "--kwargs must be a JSON object"),
+    ("export-kwargs-bad-json", "export", CK + ["--kwargs", "{bad", "--out", "o"], "--kwargs is not valid JSON"),
+    ("export-opset-str", "export", CK + ["--opset", "abc", "--out", "o"], "--opset"),
+    ("export-opset-range", "export", CK + ["--opset", "3", "--out", "o"], "opset"),
+    ("export-target", "export", CK + ["--target", "tflite", "--out", "o"], "target.*'tflite'"),
+    ("export-nm", "export", CK + ["--nm", "4:2", "--out", "o"], "nm_pattern"),
+    ("export-out-file", "export", CK + ["--out", "afile"], "--out 'afile' exists and is not a directory"),
+    ("export-out-proc", "export", CK + ["--out", "/proc/no/such"], "--out '/proc/no/such': cannot write"),
+    ("export-cutoff-str", "export", CK + ["--sparse-cutoff", "abc", "--out", "o"], "--sparse-cutoff"),
+    ("export-cutoff-nan", "export", CK + ["--sparse-cutoff", "nan", "--out", "o"], "sparse_cutoff"),
+    ("export-cutoff-negative", "export", CK + ["--sparse-cutoff", "-1", "--out", "o"], "sparse_cutoff"),
+    ("export-name", "export", CK + ["--name", "../x", "--out", "o"], "name.*'../x'"),
+    ("export-max-rows", "export", CK + ["--max-rows", "-3", "--out", "o"], "--max-rows"),
+    ("export-check-missing", "export", ["--check", "nodir"], "nodir"),
+    ("export-check-nm", "export", ["--check", "nodir", "--nm", "4:2"], "nm_pattern"),
+    ("export-inference-missing", "export", ["--inference-model", "missing/m", "--out", "o"], "'missing/m'"),
+    ("export-unknown-flag", "export", CK + ["--no-such-flag"], "unrecognized arguments"),
+    ("report-missing", "report", ["nope.pdparams"], "'nope.pdparams' not found"),
+    ("report-empty", "report", ["empty.pdparams"], "'empty.pdparams' is empty"),
+    ("report-truncated", "report", ["truncated.pdparams"], "'truncated.pdparams' is truncated or corrupt"),
+    ("report-garbage", "report", ["garbage.pdparams"], "'garbage.pdparams' is truncated or corrupt"),
+    ("report-list", "report", ["list.pdparams"], "'list.pdparams' is not a state dict"),
+    ("report-shape-garbage", "report", ["good.pdparams", "--input-shape", "abc"], "--input-shape"),
+    ("report-shape-zero", "report", ["good.pdparams", "--model", M, "--input-shape", "0x1x8x8"], "--input-shape"),
+    ("report-shape-no-model", "report", ["good.pdparams", "--input-shape", "1x1x8x8"], "--input-shape.*--model"),
+    ("report-shape-does-not-fit", "report", ["good.pdparams", "--model", M, "--input-shape", "1x3x8x8"],
+     "--input-shape 1x3x8x8 does not fit"),
+    ("report-out-proc", "report", ["good.pdparams", "--out", "/proc/no/such"], "--out '/proc/no/such'"),
+    ("report-out-file", "report", ["good.pdparams", "--out", "afile"], "--out 'afile' exists"),
+    ("report-history-json", "report", ["good.pdparams", "--history", "hist.json"], "--history 'hist.json'"),
+    ("report-history-missing", "report", ["good.pdparams", "--history", "nohist.json"], "--history 'nohist.json'"),
+    ("report-name", "report", ["good.pdparams", "--name", "../x", "--out", "r"], "--name"),
+    ("report-no-module", "report", ["good.pdparams", "--model", "nosuchmod:fn"], "cannot import module 'nosuchmod'"),
+    ("report-max-rows", "report", ["good.pdparams", "--max-rows", "-1"], "--max-rows"),
+    ("report-sparse-threshold", "report", ["good.pdparams", "--model", M, "--input-shape", "1x1x8x8",
+                                           "--sparse-threshold", "2"], "--sparse-threshold"),
+    ("report-kwargs", "report", ["good.pdparams", "--model", M, "--kwargs", "{bad"], "--kwargs"),
+    ("report-no-source", "report", [], "source"),
+    ("demo-epochs-zero", "demo", ["--epochs", "0"], "--epochs"),
+    ("demo-epochs-negative", "demo", ["--epochs", "-1"], "--epochs"),
+    ("demo-epochs-huge", "demo", ["--epochs", "100000000"], "--epochs"),
+    ("demo-epochs-str", "demo", ["--epochs", "x"], "--epochs"),
+    ("demo-batch-zero", "demo", ["--batch-size", "0"], "--batch-size"),
+    ("demo-lr-negative", "demo", ["--lr", "-1"], "--lr"),
+    ("demo-lr-nan", "demo", ["--lr", "nan"], "--lr"),
+    ("demo-lr-inf", "demo", ["--lr", "inf"], "--lr"),
+    ("demo-seed-str", "demo", ["--seed", "x"], "--seed"),
+    ("demo-out-proc", "demo", ["--out-dir", "/proc/no/such"], "--out-dir '/proc/no/such'"),
+    ("demo-out-file", "demo", ["--out-dir", "afile"], "--out-dir 'afile' exists"),
+    ("demo-mnist-missing", "demo", ["--mnist-dir", "/nonexistent"], "--mnist-dir"),
+]
+
+
+def _main_of(prog: str) -> Callable[[List[str]], int]:
+    if prog == "export":
+        from paddleslim_tools.export.cli import main
+    elif prog == "report":
+        from paddleslim_tools.report.cli import main
+    else:
+        from paddleslim_tools.demo import main
+    return main
+
+
+@pytest.mark.parametrize("case, prog, argv, names", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli(workspace, monkeypatch, capsys, case, prog, argv, names):
+    """One line on stderr naming the input, exit 2, nothing printed on stdout, no file written or changed."""
+    monkeypatch.chdir(workspace)
+    extra = {"report": ["--no-plots"], "demo": ["--no-export", "--no-plots"]}.get(prog, [])
+
+    class Failed(Exception):
+        pass
+
+    def call(r):
+        capsys.readouterr()
+        rc = _main_of(prog)(argv + extra)
+        err, out = capsys.readouterr()[::-1]
+        lines = err.strip().splitlines()
+        if rc == 0:
+            return  # classified as a silent accept
+        raise (ValueError if rc == 2 and len(lines) == 1 and not out else Failed)(
+            f"rc={rc}, stdout {len(out)} chars: " + " / ".join(lines))
+    refused(f"cli/{case}", FilesRig(workspace), call, ValueError, rf"^rc=2, .*{prog}: error: .*{names}")
 
 
 # -- summary ----------------------------------------------------------------------------------------------------
