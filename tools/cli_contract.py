@@ -13,9 +13,10 @@ import os
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, List, Union
 
-__all__ = ["sigterm_as_interrupt", "probe_writable", "check_output_dir", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
+__all__ = ["sigterm_as_interrupt", "interrupted", "probe_writable", "check_output_dir", "EXIT_BAD_INPUT",
+           "EXIT_INTERRUPTED"]
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -23,25 +24,38 @@ EXIT_INTERRUPTED = 130
 
 @contextlib.contextmanager
 def sigterm_as_interrupt(load_paddle: bool = False) -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (the old handler is back after).
+    """SIGTERM (and SIGINT) raise KeyboardInterrupt in the main thread while the block runs (the old handlers are back
+    after), and :func:`interrupted` says one arrived: an extension that catches the KeyboardInterrupt and raises its
+    own error instead (seen: "initialization failed") is still an interruption for the CLI.
 
     Importing Paddle installs glog's C handler for SIGTERM (a fatal abort: exit -15, no cleanup), replacing any
     handler set before: a block that imports Paddle passes ``load_paddle=True`` so that the import comes first.
     """
     def handler(signum: int, frame: Any) -> None:
+        _received.append(signum)
         raise KeyboardInterrupt
 
     if load_paddle:
         import paddle  # noqa: F401
+    del _received[:]
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+_received: List[int] = []
+
+
+def interrupted() -> bool:
+    """Whether SIGTERM or SIGINT arrived in the last :func:`sigterm_as_interrupt` block."""
+    return bool(_received)
 
 
 def probe_writable(flag: str, given: str, directory: Union[str, "os.PathLike[str]"]) -> None:

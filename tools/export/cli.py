@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Iterator, NoReturn, Optional, Sequence
 
-from ..cli_contract import check_output_dir, sigterm_as_interrupt
+from ..cli_contract import check_output_dir, interrupted, sigterm_as_interrupt
 from ..errors import ExportError, one_line
 from .extras import INSTALL_EXTRA, missing_extra
 from .p2o_convert import ConversionError
@@ -167,14 +167,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ExportError, ConversionError, TypeError, ValueError, OSError, ImportError) as e:
+    except Exception as e:  # one line, no partial output (staging cleaned up); an interruption is one still
         if args.debug:
             raise
-        return _error(one_line(e))
-    except Exception as e:  # anything else: still one line, still no partial output (staging cleaned up)
-        if args.debug:
-            raise
-        return _error(f"{type(e).__name__}: {one_line(e)}")
+        if interrupted():  # an extension turned the KeyboardInterrupt into its own error
+            print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        known = (ExportError, ConversionError, TypeError, ValueError, OSError, ImportError)
+        return _error(one_line(e) if isinstance(e, known) else f"{type(e).__name__}: {one_line(e)}")
     if args.quiet:
         for k, v in report.files.items():
             print(f"{k}: {v}")
