@@ -37,6 +37,18 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+def _target(text: str) -> str:
+    """argparse type of --target: the value itself once :func:`.layout.parse_targets` accepts it."""
+    from .layout import TARGETS, parse_targets  # no Paddle import: argparse errors come before the quiet block
+
+    try:
+        parse_targets(text)
+    except ExportError:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (one of {', '.join(TARGETS)}, a "
+                                         "comma-separated combination, or all)") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -53,12 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--check", metavar="DIR", help="re-verify an existing export directory; writes nothing")
     p.add_argument("--out", "-o", metavar="DIR", help="output directory")
     p.add_argument("--name", default="model", help="file name stem of the outputs (default: model)")
-    p.add_argument("--target", default="onnx", metavar="{onnx,lite,sparse-cpu,all}[,...]",
+    p.add_argument("--target", default="onnx", type=_target, metavar="{onnx,lite,sparse-cpu,all}[,...]",
                    help="onnx: NAME.onnx + NAME.sparse.onnx (default); lite: lite/NAME.pdmodel + .pdiparams "
                    "(legacy IR, for Paddle Lite's opt); sparse-cpu: sparse-cpu/NAME.json + .pdiparams, the layers "
                    "measured faster on this CPU run on sparse kernels (load it with "
-                   "paddleslim_tools.runtime.create_predictor); a comma-separated combination (onnx,sparse-cpu); all: the three. The dense Paddle model NAME.json + "
-                   "NAME.pdiparams is always written and loads with paddle.jit.load(OUT/NAME)")
+                   "paddleslim_tools.runtime.create_predictor); a comma-separated combination (onnx,sparse-cpu); "
+                   "all: the three. The dense Paddle model NAME.json + NAME.pdiparams is always written and loads "
+                   "with paddle.jit.load(OUT/NAME)")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13)")
     p.add_argument("--no-compress", action="store_true", help="do not write NAME.sparse.onnx")
     p.add_argument("--no-verify", action="store_true", help="skip verification")
