@@ -183,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paddle.set_device("cpu")
     t0 = time.perf_counter()
     print(f"## Core benchmark{' (--quick)' if args.quick else ''}\n\n{machine_facts()}\n"
-          f"- C kernels: {'on' if kernels.enabled() else 'off (numpy)'}\n", flush=True)
+          f"- {kernels.not_in_use() or 'C kernels: in use'}\n", flush=True)
     for name, build in _nets(args.quick):
         print(bench_net(name, build, args.reps, counts) + "\n", flush=True)
     print(f"_total benchmark time {time.perf_counter() - t0:.0f} s_")

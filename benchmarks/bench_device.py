@@ -36,6 +36,7 @@ import paddle
 import paddle.nn.functional as F
 
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner
+from paddleslim_static.core import kernels
 from paddleslim_static.traffic import host_traffic
 
 ENGINES = ("numpy", "paddle")
@@ -179,6 +180,7 @@ def main(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
     ap.add_argument("--quick", action="store_true", help="small MLP, few repetitions (seconds)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    print(kernels.not_in_use() or "C kernels: in use")  # the core's speed depends on them
     args.model = args.model or ("mlp" if args.quick else "resnet18")
     args.batch = args.batch or (8 if args.quick else 16)
     args.reps = args.reps or (5 if args.quick else 15)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import PaddleSlimBaseline, SortBaseline  # noqa: E402
 
 from paddleslim_dygraph import UnstructuredPruner  # noqa: E402
+from paddleslim_static.core import kernels  # noqa: E402
 
 RATIO = 0.7
 
@@ -295,6 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if reps < 5 or rounds < 5:
         ap.error(f"--reps and --rounds must be >= 5; got {reps}, {rounds}")
     paddle.set_device("cpu")
+    print(kernels.not_in_use() or "C kernels: in use")  # the core's speed depends on them
     t0 = time.perf_counter()
     print(f"## Dygraph benchmark{' (--quick)' if args.quick else ''}\n\n{machine_facts()}\n", flush=True)
     if not args.skip_step:

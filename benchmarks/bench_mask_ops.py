@@ -20,6 +20,7 @@ import time
 import numpy as np
 import paddle
 
+from paddleslim_static.core import kernels
 from paddleslim_static.mask_pass import apply_mask_pass, mask_var_name
 
 
@@ -160,6 +161,7 @@ def main(argv=None):
     size = args.size or (32 if args.quick else 224)
     paddle.enable_static()
     print(f"paddle {paddle.__version__}, numpy {np.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print(kernels.not_in_use() or "C kernels: in use")  # the core's speed depends on them
     med, ratios, ops, n_masked, n = bench_step(size, reps, iters)
     print(f"\n(a) MobileNetV1 {size}x{size} batch 8 Momentum train step, {n_masked} masked params, {n} iterations each")
     print("| variant | median step | median / baseline | paired median ratio | mask ops alone | ops alone / baseline |")
@@ -168,22 +170,30 @@ def main(argv=None):
     for v in ("bool", "packed"):
         print(f"| {v} masks | {med[v] * 1e3:.1f} ms | {med[v] / med['baseline']:.4f} | {ratios[v]:.4f} | "
               f"{ops[v] * 1e3:.2f} ms | {ops[v] / med['baseline'] * 100:.2f}% |")
-    print("\n(b) paddle.static.save sizes (bytes)")
-    print("| model | prunable weights | files | dense | bool masks | packed masks | packed - dense | "
-          "packed extra / weight bytes | pickle overhead per mask var |")
+    print("\n(b) paddle.static.save sizes (bytes); state growth = .pdparams + .pdopt over no masks (the quantity "
+          "README and docs/static.md report), the .json grows by the mask ops")
+    print("| model | prunable weights | variant | .pdparams | .pdopt | .json | state growth | growth / weight bytes | "
+          ".json growth |")
     print("|---|---|---|---|---|---|---|---|---|")
     for kind in ("lenet", "mobilenet"):
         sizes, wbytes, nel, nvars = bench_save(kind, size if kind == "mobilenet" else 28)
-        tot = {v: sum(s.values()) for v, s in sizes.items()}
-        packed_data = sum((np.prod(p) + 7) // 8 for p in [])  # filled below
-        extra = tot["packed"] - tot["baseline"]
+        ext = {v: {e: sum(n for f, n in s.items() if f.endswith(e)) for e in (".pdparams", ".pdopt", ".json")}
+               for v, s in sizes.items()}
+        state = {v: e[".pdparams"] + e[".pdopt"] for v, e in ext.items()}
+        for v in ("baseline", "bool", "packed"):
+            e = ext[v]
+            grow = state[v] - state["baseline"]
+            cells = ("-", "-", "-") if v == "baseline" else (
+                f"+{grow}", f"{grow / wbytes:.4f}", f"+{e['.json'] - ext['baseline']['.json']}")
+            print(f"| {kind if v == 'baseline' else ''} | {f'{nel} ({wbytes} B)' if v == 'baseline' else ''} | "
+                  f"{'no masks' if v == 'baseline' else v} | {e['.pdparams']} | {e['.pdopt']} | {e['.json']} | "
+                  + " | ".join(cells) + " |")
         main, _, _ = _program(kind, size if kind == "mobilenet" else 28)
         pdata = sum((int(np.prod(p.shape)) + 7) // 8 for p in main.global_block().all_parameters()
                     if len(p.shape) >= 2)
-        print(f"| {kind} | {nel} ({wbytes} B) | {sorted(sizes['baseline'])} | {tot['baseline']} | {tot['bool']} "
-              f"(+{tot['bool'] - tot['baseline']}, {(tot['bool'] - tot['baseline']) / wbytes:.4f}) | {tot['packed']} | "
-              f"+{extra} | {extra / wbytes:.4f} (<= {1 / 32:.4f}) | {(extra - pdata) / nvars:.0f} B |")
-        del packed_data
+        grow = state["packed"] - state["baseline"]
+        print(f"  {kind}: packed bits {pdata} B = {pdata / wbytes:.5f} of the weight bytes (1/32 = {1 / 32:.5f}); "
+              f"pickle framing {(grow - pdata) / nvars:.0f} B per mask variable")
     return 0
 
 

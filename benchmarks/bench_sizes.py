@@ -52,7 +52,7 @@ def measure(build, sparsity: float, work: str) -> Dict[str, int]:
     report = export_layer(model, spec, out, name="m", verify=False)
     files = report.files
     sizes.update(pdiparams=os.path.getsize(files["paddle_params"]), onnx=os.path.getsize(files["onnx"]),
-                 sparse_onnx=os.path.getsize(files["onnx_sparse"]))
+                 sparse_onnx=os.path.getsize(files["onnx_sparse"]) if "onnx_sparse" in files else None)
     shutil.rmtree(out)
     return sizes
 
@@ -70,7 +70,8 @@ def main() -> None:
     print("| sparsity | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for s, r in rows.items():
-        cells = [f"{r[c] / 1e6:.2f}" + ("" if s == 0 else f" ({r[c] / dense[c]:.2f}x)") for c in cols]
+        cells = ["not written (not smaller)" if r[c] is None else f"{r[c] / 1e6:.2f}"
+                 + ("" if s == 0 or dense[c] is None else f" ({r[c] / dense[c]:.2f}x)") for c in cols]
         print(f"| {'dense' if s == 0 else f'{s:.0%}'} | " + " | ".join(cells) + " |")
 
 

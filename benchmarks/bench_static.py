@@ -24,6 +24,7 @@ import paddle
 
 import paddleslim_dygraph as dy
 import paddleslim_static as st
+from paddleslim_static.core import kernels
 
 
 @contextlib.contextmanager
@@ -157,6 +158,7 @@ def main(argv=None) -> int:
 
     base, with_pass, n_masked, ops_only, paired, n_pairs = bench_pass(size, reps, iters)
     dyt, stt, n = bench_step(layers, width, reps)
+    print(kernels.not_in_use() or "C kernels: in use")  # the core's speed depends on them
     print(f"paddle {paddle.__version__}, numpy {np.__version__}, {reps} reps, medians\n")
     print("| benchmark | baseline | measured | ratio | target |")
     print("|---|---|---|---|---|")

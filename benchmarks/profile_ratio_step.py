@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from paddleslim_static.core import engine, selection, threads
+from paddleslim_static.core import engine, kernels, selection, threads
 from paddleslim_static.core.selection import ScoreSource
 
 
@@ -32,6 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.n_layers < 1 or args.reps < 3:
         ap.error(f"--n-layers must be >= 1 and --reps >= 3; got {args.n_layers}, {args.reps}")
     threads.set_num_threads(1)
+    print(kernels.not_in_use() or "C kernels: in use")  # the core's speed depends on them
     rng = np.random.default_rng(0)
     orig = {f"w{i}": (rng.standard_normal((2000, 2000), dtype=np.float32) * 0.02) for i in range(args.n_layers)}
     ws = {n: a.copy() for n, a in orig.items()}

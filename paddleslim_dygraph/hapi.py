@@ -2,7 +2,9 @@
 
 :class:`PruningCallback` calls ``pruner.step()`` after every **optimizer** step of ``fit`` - with
 ``fit(accumulate_grad_batches=k)`` the optimizer steps on every k-th batch and on the last batch of an epoch, and
-so does the pruner - and ``pruner.update_params()`` before evaluation, prediction and every checkpoint save.
+so does the pruner - and ``pruner.update_params()`` before evaluation, prediction and every checkpoint save. It
+puts the pruner's current ratio (``prune_ratio``; ``prune_threshold`` in threshold mode) and the measured sparsity of
+the prunable weights (``sparsity``) into ``fit``'s logs, so the progress bar shows them beside the loss.
 
 A GMP pruner's iteration is the **global optimizer-step count** (0-based): the i-th optimizer step of the whole
 training, across ``fit`` calls, runs the schedule at iteration i. The callback never moves a pruner back: by default
@@ -32,10 +34,13 @@ from __future__ import annotations
 
 import logging
 from numbers import Integral
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import paddle
 
+from paddleslim_static.core.density import density_of
+
+from .layers import host_array, owned_params
 from .pruner import UnstructuredPruner
 
 __all__ = ["PruningCallback"]
@@ -102,6 +107,9 @@ class PruningCallback(paddle.callbacks.Callback):
         k = getattr(self.model, "_accumulate", 1)
         self._accumulate = int(k) if isinstance(k, Integral) and k >= 1 else 1
         self._batches = self._loader_length()
+        metrics = self.params.get("metrics")  # the names fit's progress bar prints (the same list object)
+        if isinstance(metrics, list):
+            metrics.extend(k for k in self._log_keys() if k not in metrics)
         if self._accumulate > 1 and not isinstance(self.params.get("steps"), Integral):
             _log.warning("training loader has no len(): hapi needs it with accumulate_grad_batches > 1")
 
@@ -132,6 +140,21 @@ class PruningCallback(paddle.callbacks.Callback):
         self._sync_iteration()
         self.pruner.step()
         self.global_step += 1
+        if isinstance(logs, dict):  # fit reuses one dict per epoch: the bar's next line and the epoch line read it
+            logs.update(self.log_values())
+
+    def _log_keys(self) -> Tuple[str, str]:
+        return ("prune_ratio" if self.pruner.mode == "ratio" else "prune_threshold", "sparsity")
+
+    def log_values(self) -> Dict[str, float]:
+        """What the callback adds to ``fit``'s logs: the pruner's current ratio (``prune_threshold`` in threshold
+        mode) and the measured sparsity of its prunable weights (zeros / elements, read after the step)."""
+        names = set(self.pruner.masks)
+        weights = ((p.name, tuple(p.shape), host_array(p)[0]) for _, _, p in owned_params(self.pruner.model)
+                   if p.name in names)
+        ratio_key, _ = self._log_keys()
+        value = self.pruner.ratio if ratio_key == "prune_ratio" else self.pruner.threshold
+        return {ratio_key: float(value), "sparsity": 1.0 - density_of(weights)}
 
     def _sync_iteration(self) -> None:
         """A GMP pruner runs its next step at iteration ``global_step`` (resume, or a pruner built with a

@@ -261,8 +261,46 @@ def test_compressed_densifies_bit_for_bit_and_cutoff(tmp_path):
     assert should_store_sparse(a) is False and should_store_sparse(a, max_density=0.5) is True
     neg0 = np.array([-0.0, 0.0, 1.0, 0.0] * 10, np.float32)  # masked negatives are -0.0: stored as nothing
     m, stored = compress(onnx.helper.make_model(onnx.helper.make_graph(
-        [], "g", [], [], [numpy_helper.from_array(neg0, "w")])))
+        [onnx.helper.make_node("Identity", ["w"], ["y"])], "g", [],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [40])], [numpy_helper.from_array(neg0, "w")])))
     assert stored == ["w"] and len(numpy_helper.to_array(m.graph.sparse_initializer[0].values)) == 10
+
+
+def test_canonical_onnx_has_no_initializer_no_node_reads():
+    """onnxruntime warns on every load about an initializer no node reads: the canonical form (every exported ONNX
+    file) keeps only the read ones, subgraph reads and graph outputs included."""
+    from onnx import helper
+
+    from paddleslim_tools.export.onnx_sparse import canonicalize
+
+    t = lambda name, v: numpy_helper.from_array(np.full(4, v, np.float32), name)  # noqa: E731
+    out = lambda name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [4])  # noqa: E731
+    then = helper.make_graph([helper.make_node("Identity", ["in_sub"], ["t"])], "then", [], [out("t")])
+    other = helper.make_graph([helper.make_node("Identity", ["used"], ["e"])], "else", [], [out("e")])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "used"], ["y"]),
+         helper.make_node("Constant", [], ["const_unused"], value=t("c", 5.0)),
+         helper.make_node("If", ["cond"], ["z"], then_branch=then, else_branch=other)],
+        "g", [out("x"), helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])], [out("y"), out("z"),
+                                                                                              out("as_output")],
+        [t("used", 1.0), t("unused", 2.0), t("in_sub", 3.0), t("as_output", 4.0)])
+    names = [i.name for i in canonicalize(helper.make_model(graph)).graph.initializer]
+    assert names == ["as_output", "in_sub", "used"]
+
+
+def test_a_compressed_onnx_that_is_not_smaller_is_not_written(tmp_path):
+    """A dense model: storing nothing sparse, the 'compressed' file would only add metadata - not written, and the
+    report says why; a pruned one gets its smaller NAME.sparse.onnx."""
+    dense = paddle.nn.Sequential(paddle.nn.Linear(16, 32), paddle.nn.ReLU(), paddle.nn.Linear(32, 4))
+    report = export_layer(dense, spec(16), tmp_path / "d")
+    assert report.ok and "onnx_sparse" not in report.files and report.compression_ratio is None
+    assert not (tmp_path / "d" / "model.sparse.onnx").exists()
+    assert any("model.sparse.onnx not written" in w and "not smaller than model.onnx" in w for w in report.warnings)
+    assert "model.sparse.onnx not written" in report.format_table()
+    model, _ = pruned("mlp", 0.9)
+    report = export_layer(model, spec(16), tmp_path / "p")
+    sizes = {k: os.path.getsize(p) for k, p in report.files.items() if k in ("onnx", "onnx_sparse")}
+    assert sizes["onnx_sparse"] < sizes["onnx"]
 
 
 def test_cross_mode_dygraph_and_static_pruners_export_identical_sparse_weights(tmp_path):

@@ -213,3 +213,56 @@ def test_docstring_examples():
 
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+class LogsSeen(paddle.callbacks.Callback):
+    """Records, after every batch, the values the pruning callback put into fit's logs (it runs after it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_end(self, step, logs=None):
+        self.seen.append((logs.get("prune_ratio"), logs.get("sparsity")))
+
+
+def test_ratio_and_measured_sparsity_in_fits_logs_and_progress_bar(capsys):
+    _, pruner, model, _ = _model()
+    seen = LogsSeen()
+    ratios, measured = [], []
+
+    class Measure(paddle.callbacks.Callback):  # brute-force reference, read right after the pruner's step
+        def on_train_batch_end(self, step, logs=None):
+            ratios.append(pruner.ratio)
+            measured.append(_sparsity(pruner))
+
+    model.fit(DATA, batch_size=BATCH, epochs=2, shuffle=False, verbose=2, log_freq=5,
+              callbacks=[PruningCallback(pruner), seen, Measure()])
+    assert [r for r, _ in seen.seen] == ratios and len(set(ratios)) == 3  # CONFIGS: three ratios in 30 steps
+    np.testing.assert_allclose([s for _, s in seen.seen], measured, rtol=0, atol=1e-12)
+    # the bar (it runs before the callback) prints the state after the previous optimizer step: the weights the
+    # printed batch ran with
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert len(lines) == 6, lines  # steps 5, 10, 15 of each epoch
+    for i, ln in enumerate(lines):
+        done = (i // 3) * BATCHES + (i % 3 + 1) * 5 - 1  # optimizer steps before this batch's
+        assert f"prune_ratio: {ratios[done - 1]:.4f}" in ln and f"sparsity: {measured[done - 1]:.4f}" in ln, ln
+
+
+def test_threshold_mode_logs_the_threshold():
+    paddle.seed(1)
+    net = Net()
+    pruner = UnstructuredPruner(net, "threshold", threshold=0.05)
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), nn.CrossEntropyLoss())
+    seen = LogsSeen()
+    logs = {}
+
+    class Keep(paddle.callbacks.Callback):
+        def on_train_batch_end(self, step, l=None):
+            logs.update(l)
+
+    model.fit(DATA, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[PruningCallback(pruner), seen,
+                                                                                      Keep()])
+    assert logs["prune_threshold"] == 0.05  # (hapi reuses one logs dict across fits: other keys may linger)
+    assert logs["sparsity"] == _sparsity(pruner) > 0

@@ -39,6 +39,13 @@ def check_out_dir(out_dir: object) -> str:
     return os.path.abspath(path)
 
 
+def _umask() -> int:
+    """The process umask (``os`` has no getter: set it and put it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -111,6 +118,7 @@ def staging(out_dir: Union[str, "os.PathLike[str]"], outputs: Sequence[str]) -> 
         os.makedirs(parent, exist_ok=True)
         remove_stale_staging(parent)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-{os.getpid()}-", dir=parent)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become out_dir's mode: the usual mode instead
         open(os.path.join(tmp, MARKER), "w").close()
         yield tmp, final
         if _disk_full(tmp, 0):  # a writer that does not check its writes (paddle.jit.save) may have truncated a file

@@ -10,13 +10,13 @@ The kernels release the GIL: with :func:`paddleslim_static.core.threads.set_num_
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
 from . import threads
 
-__all__ = ["available", "enabled", "use_c", "eligible", "keys_eligible", "stream", "stream_w", "mask_apply",
+__all__ = ["available", "enabled", "not_in_use", "use_c", "eligible", "keys_eligible", "stream", "stream_w", "mask_apply",
            "apply", "block_scores", "block_mask_apply"]
 
 try:
@@ -37,6 +37,22 @@ def available() -> bool:
 def enabled() -> bool:
     """Whether the core uses the C kernels now."""
     return _enabled
+
+
+def not_in_use() -> Optional[str]:
+    """One line saying that the C kernels are not in use and why, for tools and benchmarks to print; None when they
+    are in use.
+
+    >>> not_in_use() is None or not_in_use().startswith("C kernels not in use")
+    True
+    """
+    if _enabled:
+        return None
+    if _c is None:
+        return ("C kernels not in use: paddleslim_static/core/_kernels is not built or not importable here (Python "
+                "started in a source tree without `pip install .` or `python setup.py build_ext --inplace`?); the "
+                "core runs its numpy code, same results, slower")
+    return "C kernels not in use: turned off (PADDLESLIM_NO_C_KERNELS or use_c(False)); the core runs its numpy code"
 
 
 def use_c(flag: bool) -> bool:

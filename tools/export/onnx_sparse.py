@@ -21,9 +21,7 @@ True
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Tuple
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -69,7 +67,8 @@ def should_store_sparse(arr: np.ndarray, max_density: Optional[float] = None) ->
 
 
 def canonicalize(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    """A copy with ``Constant`` tensor nodes lifted to initializers and all initializers sorted by name.
+    """A copy with ``Constant`` tensor nodes lifted to initializers, the initializers no node reads dropped, and the
+    rest sorted by name.
 
     paddle2onnx emits weights as ``Constant`` nodes; as initializers they can be stored sparse. Tensors are
     re-encoded as ``raw_data`` so :func:`densify` can reproduce them bit for bit, and -0.0 (what masking by
@@ -92,9 +91,21 @@ def canonicalize(model: "onnx.ModelProto") -> "onnx.ModelProto":
             keep.append(node)
     del g.node[:]
     g.node.extend(keep)
+    used = _read_names(g) | graph_outputs  # an initializer no node reads makes onnxruntime warn on every load
     del g.initializer[:]
-    g.initializer.extend(numpy_helper.from_array(_plus_zero(tensors[n]), n) for n in sorted(tensors))
+    g.initializer.extend(numpy_helper.from_array(_plus_zero(tensors[n]), n) for n in sorted(tensors) if n in used)
     return out
+
+
+def _read_names(graph: "onnx.GraphProto") -> Set[str]:
+    """Every value name a node of ``graph`` or of its subgraphs (If/Loop bodies) reads."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+                names |= _read_names(sub)
+    return names
 
 
 def _plus_zero(arr: np.ndarray) -> np.ndarray:

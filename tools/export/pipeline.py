@@ -51,8 +51,9 @@ class OnnxResult:
 
 @dataclasses.dataclass
 class CompressResult:
-    path: str
+    path: Optional[str]  # None: not written, it would not have been smaller than the plain ONNX
     stored_sparse: List[str]
+    size: int = 0  # bytes of the compressed model (written or not)
 
 
 @dataclasses.dataclass
@@ -77,13 +78,16 @@ def convert_onnx(saved: SavedModel, model_file: str, params_file: str, opts: Exp
 
 
 def compress_onnx(result: OnnxResult, opts: ExportOptions) -> CompressResult:
-    """``NAME.sparse.onnx``: weights stored as ``sparse_initializer`` where that is smaller (or ``sparse_cutoff``)."""
-    import onnx
-
+    """``NAME.sparse.onnx``: weights stored as ``sparse_initializer`` where that is smaller (or ``sparse_cutoff``);
+    not written when the file would not be smaller than ``NAME.onnx`` (a "compressed" model that is larger)."""
     small, stored = compress_model(result.model, opts.sparse_cutoff)
+    data = small.SerializeToString()
+    if len(data) >= os.path.getsize(result.path):
+        return CompressResult(None, [], len(data))
     path = os.path.splitext(result.path)[0] + ".sparse.onnx"
-    onnx.save_model(small, path)
-    return CompressResult(path, stored)
+    with open(path, "wb") as f:
+        f.write(data)
+    return CompressResult(path, stored, len(data))
 
 
 def _deployment(report: ExportReport, saved: SavedModel, opts: ExportOptions) -> None:
@@ -173,7 +177,14 @@ def finish(tmp: str, final: str, opts: ExportOptions, legacy: bool, timer: Timer
         if opts.compress:
             with timer("compress"):
                 packed = compress_onnx(plain, opts)
-            local["onnx_sparse"] = packed.path
+            if packed.path is not None:
+                local["onnx_sparse"] = packed.path
+            else:
+                report.warnings.append(
+                    f"{opts.name}.sparse.onnx not written: it would be {packed.size} bytes, not smaller than "
+                    f"{opts.name}.onnx ({os.path.getsize(plain.path)}); sparse storage pays off for weights with more "
+                    "than 2/3 zeros (float32)")
+                packed = None
     if opts.lite:
         lite = lite or LiteResult(model_file, params_file)
         local["lite_model"], local["lite_params"] = lite.model_file, lite.params_file

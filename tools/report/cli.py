@@ -204,7 +204,6 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     if args.out is not None:
         from ..staging import staging
 
-        existed = os.path.isdir(args.out)
         try:
             with staging(args.out, []) as (tmp, final):  # nothing partial: moved into place at the end
                 files = rep.write(tmp, args.name, plots=not args.no_plots)
@@ -215,10 +214,6 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         except (OSError, ValueError) as e:  # full disk, permissions: the OS's words
             print(f"{_PROG}: error: --out {args.out!r}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return 2
-        if not existed:  # the staging directory was made private (0700); a new --out gets the usual mode
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(final, 0o777 & ~umask)
         for kind, path in files.items():
             print(f"wrote {kind}: {os.path.join(final, os.path.relpath(path, tmp))}")
     return 0
