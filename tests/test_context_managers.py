@@ -1,5 +1,5 @@
 """folded() blocks are re-entrant or refuse, in both modes: nested blocks, finalize() inside a block and a second
-pruner built inside a block each have one defined outcome (README, "Errors and guarantees"), never a bare KeyError
+pruner built inside a block each have one defined outcome (docs/guarantees.md), never a bare KeyError
 nor two pruners on the same weights."""
 from __future__ import annotations
 
