@@ -27,8 +27,10 @@ def test_staged_output_directory_follows_the_umask(tmp_path, umask):
 
 
 def _run(code, env=None):
+    # from tests/, not the repository root: `python -c` puts its directory first on sys.path, and the root's
+    # paddleslim_static is the source tree (no built C kernels in a fresh clone), not the installed package
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, **(env or {})), cwd=os.getcwd())
+                          env=dict(os.environ, **(env or {})), cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_demo_prints_no_ccache_notice_and_says_when_the_c_kernels_are_off(tmp_path):
