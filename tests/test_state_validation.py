@@ -10,7 +10,7 @@ import pytest
 
 import paddleslim_dygraph as dy
 import paddleslim_static as st
-from nets import NETS, batch, dygraph_model, scope_array, static_mode, static_net
+from nets import NETS, assert_same, batch, dygraph_model, scope_array, static_mode, static_net
 
 MLP = NETS["mlp"]
 GMP = dict(stable_iterations=0, pruning_iterations=40, tunning_iterations=10, resume_iteration=0, pruning_steps=2,
@@ -124,15 +124,6 @@ def mode(request):
             yield Static
 
 
-def _same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], np.ndarray):
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-        else:
-            assert a[k] == b[k], k
-
-
 def _first_key(state):
     return state["prunable"][0]
 
@@ -180,9 +171,9 @@ def test_every_bad_key_type_and_range_is_refused_and_changes_nothing(mode):
         with pytest.raises(exc, match=key) as info:
             run.pruner.set_state_dict(bad)
         assert "\n" not in str(info.value)
-        _same(before, run.snapshot())
+        assert_same(before, run.snapshot())
     run.pruner.set_state_dict(good)  # the good state still loads
-    _same(before, run.snapshot())
+    assert_same(before, run.snapshot())
 
 
 def test_a_bad_threshold_never_wipes_the_model(mode):
@@ -217,7 +208,7 @@ def test_a_state_from_another_configuration_is_an_error_naming_the_key_and_both_
     before = b.snapshot()
     with pytest.raises(ValueError, match=key) as info:
         b.pruner.set_state_dict(state)
-    _same(before, b.snapshot())
+    assert_same(before, b.snapshot())
     if key not in ("mode", "schedule") and "config" in str(info.value):
         theirs_value = state["config"][key]
         ours_value = b.pruner.state_dict()["config"][key]
@@ -242,7 +233,7 @@ def test_pruner_state_before_the_model_weights_raises_and_after_works(mode, tmp_
     before = b.snapshot()
     with pytest.raises(ValueError, match=r"fingerprint.*load the model's weights"):
         b.pruner.set_state_dict(state)  # b still holds its own (dense) weights
-    _same(before, b.snapshot())
+    assert_same(before, b.snapshot())
     b.load_weights(a)
     b.pruner.set_state_dict(state)
     for n, m in a.snapshot().items():
