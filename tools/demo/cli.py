@@ -225,7 +225,7 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out, sho
     h, w = data.image_shape
     spec = [paddle.static.InputSpec([None, 1, h, w], "float32", "image")]
     model.eval()
-    out(f"== export to {out_dir} (Paddle inference model, ONNX, compressed ONNX, sparse x86 model if faster, "
+    out(f"== export to {shown or out_dir} (Paddle inference model, ONNX, compressed ONNX, sparse x86 model if faster, "
         "verification) ==", always=True)
     handler, loggers = _StepLog(out), [logging.getLogger(n) for n in ("paddleslim_static", "paddleslim_tools.export")]
     saved = [(lg.level, lg.propagate) for lg in loggers]
@@ -240,6 +240,10 @@ def _export(model: paddle.nn.Layer, data: Dataset, out_dir: Path, out: _Out, sho
             lg.removeHandler(handler)
             lg.setLevel(level)
             lg.propagate = propagate
+    if shown is not None:  # the table names the files where they will be, not in the staging directory
+        staged = str(out_dir)
+        report.files = {k: str(shown) + p[len(staged):] if p.startswith(staged) else p
+                        for k, p in report.files.items()}
     out(report.format_table(), always=True)
     steps = getattr(report, "timings", None) or {}
     if steps:
