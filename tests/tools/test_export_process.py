@@ -14,8 +14,8 @@ from nets import NETS, dygraph_model
 from paddleslim_dygraph import UnstructuredPruner
 from paddleslim_tools.export import export_layer
 from paddleslim_tools.staging import MARKER
+from paths import TESTS
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "paddleslim-export")
 
 

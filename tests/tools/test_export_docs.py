@@ -5,8 +5,9 @@ import os
 import re
 import subprocess
 import sys
+from paths import ROOT
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "export.md")
+DOC = os.path.join(ROOT, "docs", "export.md")
 
 
 def blocks(lang):

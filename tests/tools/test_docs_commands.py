@@ -10,8 +10,9 @@ import sys
 
 import paddle
 import pytest
+import paths
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(paths.ROOT)
 ENV = dict(os.environ, GLOG_minloglevel="3",
            PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 

@@ -11,9 +11,10 @@ import subprocess
 import sys
 
 import pytest
+import paths
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-# docs/export.md runs in tests/test_export_docs.py, with its command lines and output checks
+ROOT = pathlib.Path(paths.ROOT)
+# docs/export.md runs in tests/tools/test_export_docs.py, with its command lines and output checks
 DOCS = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "export.md")
 _BLOCK = re.compile(r"(?P<before>[^\n]*)\n```python\n(?P<code>.*?)\n```", re.S)
 

@@ -4,10 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
+from paths import TESTS
 
 
 def test_data_parallel_ranks_agree(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "dist_train.py")
+    script = os.path.join(TESTS, "dist_train.py")
     env = dict(os.environ)
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
            "--log_dir", str(tmp_path / "log"), script, str(tmp_path / "state")]

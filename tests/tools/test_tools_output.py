@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from paddleslim_tools.staging import staging
+from paths import TESTS
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
@@ -30,7 +31,7 @@ def _run(code, env=None):
     # from tests/, not the repository root: `python -c` puts its directory first on sys.path, and the root's
     # paddleslim_static is the source tree (no built C kernels in a fresh clone), not the installed package
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, **(env or {})), cwd=os.path.dirname(os.path.abspath(__file__)))
+                          env=dict(os.environ, **(env or {})), cwd=TESTS)
 
 
 def test_demo_prints_no_ccache_notice_and_says_when_the_c_kernels_are_off(tmp_path):

@@ -1,7 +1,7 @@
 """The C kernels built with -fsanitize=address,undefined run the kernel tests cleanly (issue 7, item 14).
 
 The extension is compiled into a temporary directory (the installed one is untouched), preloaded in a
-subprocess in place of the normal build, and tests/test_kernels.py plus the core's exactness tests run against
+subprocess in place of the normal build, and tests/core/test_kernels.py plus the core's exactness tests run against
 it with ASan/UBSan aborting on the first report. Skipped only when there is no C compiler.
 """
 import os
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+import paths
+
+ROOT = Path(paths.ROOT)
 SOURCE = ROOT / "paddleslim_static" / "core" / "_kernels.c"
 
 DRIVER = r"""
@@ -74,8 +76,8 @@ def run_under_sanitizers(tmp: Path, module: Path, tests):
 
 def test_kernel_tests_pass_under_asan_and_ubsan(tmp_path):
     module = build_sanitized(tmp_path)
-    proc = run_under_sanitizers(tmp_path, module, ["test_kernels.py", "test_core_selection.py",
-                                                   "test_core_streaming.py", "-k", "not summarize"])
+    proc = run_under_sanitizers(tmp_path, module, ["core/test_kernels.py", "core/test_core_selection.py",
+                                                   "core/test_core_streaming.py", "-k", "not summarize"])
     out = proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, out
     assert "runtime error" not in out and "AddressSanitizer" not in out, out

@@ -12,6 +12,7 @@ import paddleslim_dygraph as dy
 import paddleslim_static as st
 from nets import NETS, batch, dygraph_model, scope_array, scope_mask, static_mode, static_net
 from paddleslim_static.traffic import host_traffic
+from paths import ROOT
 
 GMP = dict(stable_iterations=0, pruning_iterations=22, tunning_iterations=2, pruning_steps=2, initial_ratio=0.2,
            resume_iteration=-1)
@@ -182,7 +183,7 @@ def test_bench_device_counts_the_bytes_per_call(tmp_path):
     from pathlib import Path
 
     out = tmp_path / "bench.json"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_device.py"
+    script = Path(ROOT) / "benchmarks" / "bench_device.py"
     subprocess.run([sys.executable, str(script), "--quick", "--reps", "2", "--json", str(out)], check=True,
                    capture_output=True, timeout=300)
     res = json.loads(out.read_text())["results"]

@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 import reference as ref
 from paddleslim_static.core import NonFiniteScoreError, ScoreSource, engine, ratio_threshold, score_source
 from paddleslim_static.core.distributed import Group
+from paths import TESTS
 
 
 class ThreadWorld:
@@ -128,13 +129,13 @@ def test_bad_collectives_rejected():
 
 def test_two_processes_with_paddle_distributed(tmp_path):
     """Each of 2 ranks owns half the layers: thresholds and masks equal the single-process run, bit for bit."""
-    script = os.path.join(os.path.dirname(__file__), "dist_select.py")
+    script = os.path.join(TESTS, "dist_select.py")
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
            "--log_dir", str(tmp_path / "log"), script, str(tmp_path / "out")]
     proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     logs = "".join(p.read_text(errors="replace")[-3000:] for p in (tmp_path / "log").glob("*"))
     assert proc.returncode == 0, proc.stderr[-3000:] + logs
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, TESTS)  # dist_select lives in tests/
     from dist_select import CASES, layers
     ws = layers()
     ranks = [np.load(tmp_path / f"out.rank{r}.npz") for r in range(2)]

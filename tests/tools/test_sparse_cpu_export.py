@@ -16,9 +16,8 @@ import pytest
 
 from paddleslim_dygraph import UnstructuredPruner
 from paddleslim_tools.export import ExportError, export_layer, export_program
+from paths import ROOT, TESTS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
 SPEC = [paddle.static.InputSpec([None, 1, 28, 28], "float32", "x")]
 
 

@@ -8,6 +8,7 @@ from paddle.vision.models import LeNet, mobilenet_v1
 
 from paddleslim_dygraph import GMPUnstructuredPruner, UnstructuredPruner, density, sparsity
 
+import paths
 import reference as ref
 
 GMP = dict(stable_iterations=0, pruning_iterations=60, tunning_iterations=20, resume_iteration=0,
@@ -274,7 +275,7 @@ def test_nan_weight_in_ratio_mode_raises():
 
 
 def _digits_28(n=256):
-    data = np.load(os.path.join(os.path.dirname(__file__), "..", "tools", "data", "digits.npz"))
+    data = np.load(os.path.join(paths.ROOT, "tools", "data", "digits.npz"))
     img = data["images"][:n].astype(np.float32) / 16.0
     img = np.pad(np.kron(img, np.ones((3, 3), np.float32)), ((0, 0), (2, 2), (2, 2)))
     return img[:, None], data["target"][:n].astype(np.int64)
