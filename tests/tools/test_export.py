@@ -55,7 +55,7 @@ def assert_export_ok(report, model=None):
 @pytest.mark.parametrize("net_name,ratio", [("lenet", 0.5), ("mlp", 0.5), ("mlp", 0.9)])
 def test_dygraph_round_trip(tmp_path, net_name, ratio):
     model, pruner = pruned(net_name, ratio)
-    hooks_before = len(model._forward_pre_hooks)
+    hooks_before = len(model._forward_pre_hooks)  # no public API lists forward pre-hooks in Paddle 3.3
     report = export_layer(model, spec(*NETS[net_name].input_shape), tmp_path / "out", compress=True)
     assert_export_ok(report, model)
     # the exported weights' density is the pruner's
