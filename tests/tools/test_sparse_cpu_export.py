@@ -272,3 +272,36 @@ def test_other_targets_measure_nothing_and_write_no_sparse_model(tmp_path):
     report = export_layer(net, SPEC, str(tmp_path / "o"), target="onnx")
     assert report.sparse_cpu is None and "sparse_cpu_measure_save" not in report.timings
     assert not (tmp_path / "o" / "sparse-cpu").exists()
+
+
+def test_check_reverifies_the_sparse_cpu_model(pruned_export, tmp_path):
+    """`paddleslim-export --check DIR` (verify_export) re-checks sparse-cpu/NAME.json against the dense model, also in
+    a directory that has nothing else to verify; a tampered sparse model fails."""
+    from paddleslim_tools.export import verify_export
+
+    _, out, report = pruned_export
+    if not report.sparse_cpu["written"]:
+        pytest.skip("the sparse model was not written on this machine (measured slower)")
+    rep = verify_export(str(out))
+    assert rep.ok and rep.verified and rep.target == "sparse-cpu"
+    assert [c.what for c in rep.output_checks] == ["sparse-cpu vs paddle"]
+    assert rep.files["sparse_cpu_model"] == str(out / "sparse-cpu" / "model.json")
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    prefix = str(bad / "model")  # tamper with the dense model: the two no longer agree
+    paddle.enable_static()
+    try:
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            prog, feeds, fetches = paddle.static.load_inference_model(prefix, exe)
+            name = next(op.attrs()["parameter_name"] for op in prog.global_block().ops
+                        if op.name() == "builtin.parameter" and op.attrs()["parameter_name"].endswith(".w_0"))
+            t = scope.find_var(name).get_tensor()
+            t.set(np.array(t) * 3.0, paddle.CPUPlace())
+            data = {op.attrs()["name"]: op.result(0) for op in prog.global_block().ops if op.name() == "pd_op.data"}
+            paddle.static.save_inference_model(prefix, [data[n] for n in feeds], fetches, exe, program=prog)
+    finally:
+        paddle.disable_static()
+    rep = verify_export(str(bad))
+    assert not rep.ok and "sparse-cpu vs paddle" in rep.failures[0]

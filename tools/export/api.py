@@ -18,10 +18,11 @@ from ..staging import check_out_dir, staging
 from .checks import verify_lite, verify_onnx
 from .export_report import ExportReport, file_sizes, layer_rows
 from .extras import require_extra
-from .layout import lite_prefix, model_prefix, report_path
+from .layout import lite_prefix, model_prefix, report_path, sparse_cpu_prefix
 from .lite import save_lite_layer
 from .pipeline import LiteResult, Timer, check_nm_pattern, finish
-from .sparse_cpu import SparseCpuResult, kernels_or_skip, save_sparse_layer, save_sparse_program, skipped
+from .sparse_cpu import (SparseCpuResult, check_sparse_model, kernels_or_skip, require_kernels, save_sparse_layer,
+                         save_sparse_program, skipped)
 from .specs import ExportOptions, check_input_spec
 from .verify import random_feeds
 
@@ -232,8 +233,8 @@ def _structured_names(report_file: str) -> Optional[Dict[str, str]]:
 
 def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol: float = 1e-5,
                   nm_pattern: Optional[str] = None) -> ExportReport:
-    """Re-verify an existing export directory: the Paddle model against ``NAME.onnx``, ``NAME.sparse.onnx`` and
-    ``lite/NAME.pdmodel``, whichever exist, and with ``nm_pattern`` ('2:4') that every qualifying weight of the
+    """Re-verify an existing export directory: the Paddle model against ``NAME.onnx``, ``NAME.sparse.onnx``,
+    ``lite/NAME.pdmodel`` and ``sparse-cpu/NAME.json``, whichever exist, and with ``nm_pattern`` ('2:4') that every qualifying weight of the
     Paddle model is N:M sparse; writes nothing."""
     if nm_pattern is not None:  # a bad pattern is refused before anything is read
         from paddleslim_static.core.nm import parse_pattern
@@ -243,13 +244,16 @@ def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol
     prefix = model_prefix(out_dir, name)
     model_file, params_file, legacy = model_files(prefix)
     plain_path, sparse_path = prefix + ".onnx", prefix + ".sparse.onnx"
-    lite = lite_prefix(out_dir, name)
+    lite, sparse_cpu = lite_prefix(out_dir, name), sparse_cpu_prefix(out_dir, name)
     has_onnx, has_lite = os.path.isfile(plain_path), os.path.isfile(lite + ".pdmodel")
-    if not has_onnx and not has_lite:
-        raise ExportError(f"neither {plain_path!r} nor {lite + '.pdmodel'!r} exists")
+    has_sparse_cpu = os.path.isfile(sparse_cpu + ".json")
+    if not (has_onnx or has_lite or has_sparse_cpu):
+        raise ExportError(f"none of {plain_path!r}, {lite + '.pdmodel'!r}, {sparse_cpu + '.json'!r} exists")
+    if has_sparse_cpu:
+        require_kernels()  # before anything is read: its outputs are checked through the sparse operators
     saved = SavedModel(prefix, legacy)
-    report = ExportReport(name=name, out_dir=out_dir, target="all" if has_onnx and has_lite else
-                          ("onnx" if has_onnx else "lite"))
+    targets = [t for t, has in (("onnx", has_onnx), ("lite", has_lite), ("sparse-cpu", has_sparse_cpu)) if has]
+    report = ExportReport(name=name, out_dir=out_dir, target="all" if len(targets) == 3 else ",".join(targets))
     report.rows = layer_rows(saved.weights, _structured_names(report_path(out_dir, name)))
     report.files = {"paddle_model": model_file, "paddle_params": params_file}
     if nm_pattern is not None:
@@ -270,5 +274,14 @@ def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol
             for r in report.rows:
                 r.stored_sparse = r.name in stored
         verify_onnx(report, saved, onnx.load_model(plain_path), plain_path, sparse_path, seed, rtol)
+    if has_sparse_cpu:
+        written = SparseCpuResult([], [], "", model_file=sparse_cpu + ".json", params_file=sparse_cpu + ".pdiparams")
+        report.files.update(sparse_cpu_model=written.model_file, sparse_cpu_params=written.params_file)
+        checks = check_sparse_model(written, model_file, params_file,
+                                    random_feeds(saved.feed_specs, seed=seed, dynamic_dim=1), rtol)
+        report.output_checks += checks
+        report.failures += [f"output {c.name} ({c.what}) differs: max abs err {c.max_abs_err:.3g}, max rel err "
+                            f"{c.max_rel_err:.3g}" for c in checks if not c.ok]
+        report.verified = True
     report.file_sizes = file_sizes(report.files)
     return report

@@ -22,13 +22,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import paddle
 
-from ..errors import ExportError
 from paddleslim_tools.runtime.timing import median_seconds
 
+from ..errors import ExportError
 from .layout import sparse_cpu_prefix
 
 __all__ = ["MIN_LAYER_SPEEDUP", "SparseCpuResult", "require_kernels", "skipped", "kernels_or_skip", "save_sparse_layer",
-           "check_sparse_model"]
+           "save_sparse_program", "check_sparse_model"]
 
 MIN_LAYER_SPEEDUP = 1.1  # a layer is converted when sparse is at least this much faster (median of paired rounds)
 _ROUNDS = 5
