@@ -231,6 +231,17 @@ def _structured_names(report_file: str) -> Optional[Dict[str, str]]:
     return names or None
 
 
+def _exported_target(report_file: str) -> Optional[str]:
+    """The target an export was made with, from its report (None without a readable one): a sparse-cpu model that
+    measured slower is not written, so the files alone do not tell."""
+    try:
+        with open(report_file, encoding="utf-8") as f:
+            target = json.load(f).get("target")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return target if isinstance(target, str) else None
+
+
 def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol: float = 1e-5,
                   nm_pattern: Optional[str] = None) -> ExportReport:
     """Re-verify an existing export directory: the Paddle model against ``NAME.onnx``, ``NAME.sparse.onnx``,
@@ -253,7 +264,8 @@ def verify_export(out_dir: PathLike, *, name: str = "model", seed: int = 0, rtol
         require_kernels()  # before anything is read: its outputs are checked through the sparse operators
     saved = SavedModel(prefix, legacy)
     targets = [t for t, has in (("onnx", has_onnx), ("lite", has_lite), ("sparse-cpu", has_sparse_cpu)) if has]
-    report = ExportReport(name=name, out_dir=out_dir, target="all" if len(targets) == 3 else ",".join(targets))
+    report = ExportReport(name=name, out_dir=out_dir, target=_exported_target(report_path(out_dir, name)) or
+                          ("all" if len(targets) == 3 else ",".join(targets)))
     report.rows = layer_rows(saved.weights, _structured_names(report_path(out_dir, name)))
     report.files = {"paddle_model": model_file, "paddle_params": params_file}
     if nm_pattern is not None:
