@@ -16,7 +16,7 @@ import pytest
 
 from paddleslim_dygraph import UnstructuredPruner
 from paddleslim_tools.export import ExportError, export_layer, export_program
-from paths import ROOT, TESTS
+from paths import ROOT
 
 SPEC = [paddle.static.InputSpec([None, 1, 28, 28], "float32", "x")]
 

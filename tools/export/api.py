@@ -6,7 +6,6 @@ import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import paddle
 
 from paddleslim_static.programs import program_mode
