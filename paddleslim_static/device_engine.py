@@ -37,11 +37,12 @@ import numpy as np
 import paddle
 
 from .core.nm import reduction_axis
-from .core.scores import _geometry, uses_blocks
+from .core.scores import uses_blocks
 from .core.selection import DIRECT_MAX, SOLO, SelectionStats, _check_finite, prune_count
+from .device_masks import block_scores, expand_blocks, pack_bits, unpack_bits
 
 __all__ = ["PaddleEngine", "DeviceSource", "PADDLE", "ENGINE_ENV", "engine_name", "use_device_engine", "pack_bits",
-           "unpack_bits"]
+           "unpack_bits"]  # pack_bits / unpack_bits: re-exported from device_masks
 
 ENGINE_ENV = "PADDLESLIM_ENGINE"
 
@@ -129,7 +130,7 @@ class PaddleEngine:
         out: Dict[str, DeviceSource] = {}
         for name, w in weights.items():
             if uses_blocks(tuple(w.shape), block):
-                scores, counts = _block_scores(w, block)
+                scores, counts = block_scores(w, block)
                 out[name] = DeviceSource(w, name, scores, counts)
             else:
                 out[name] = DeviceSource(w, name)
@@ -187,8 +188,8 @@ class PaddleEngine:
                 t_key = _threshold_key(thresholds.get(name, threshold))
                 src = None if sources is None else sources.get(name)
                 if uses_blocks(tuple(w.shape), block):
-                    scores = src.scores if src is not None and src.scores is not None else _block_scores(w, block)[0]
-                    keep = _expand_blocks(_at_least(_keys32(scores), t_key), tuple(w.shape), block)
+                    scores = src.scores if src is not None and src.scores is not None else block_scores(w, block)[0]
+                    keep = expand_blocks(_at_least(_keys32(scores), t_key), tuple(w.shape), block)
                 else:
                     keep = _at_least(_keys32(w), t_key)
                 paddle.assign(keep, output=masks[name])
@@ -409,51 +410,11 @@ def _count(stats: Optional[SelectionStats], passes: int, nbytes: int) -> None:
         stats.host_bytes += int(nbytes)
 
 
-# -- blocks ----------------------------------------------------------------------------------------
-def _block_scores(w: paddle.Tensor, block: Block) -> Tuple[paddle.Tensor, paddle.Tensor]:
-    """(float32 mean |w| per block, int64 elements per block), summed as the core sums: float64, a block's rows in
-    row order, then its columns left to right. Zero padding to whole blocks adds exact zeros."""
-    rows, D, m, L = _geometry(tuple(w.shape), block)
-    nbi, nbj = -(-rows // m), -(-D // L)
-    a = w.astype("float32").abs().astype("float64").reshape([rows, D])
-    if nbi * m != rows or nbj * L != D:
-        a = _pad2(a, nbi * m, nbj * L)
-    a = a.reshape([nbi, m, nbj * L])
-    acc = a[:, 0, :]
-    for r in range(1, m):
-        acc = acc + a[:, r, :]
-    acc = acc.reshape([nbi, nbj, L])
-    s = acc[:, :, 0]
-    for c in range(1, L):
-        s = s + acc[:, :, c]
-    row_n = paddle.full_like(s[:, :1], m, dtype="int64")
-    col_n = paddle.full_like(s[:1, :], L, dtype="int64")
-    if rows % m:
-        row_n[-1] = rows % m
-    if D % L:
-        col_n[:, -1] = D % L
-    counts = row_n * col_n
-    return (s / counts.astype("float64")).astype("float32"), counts
-
-
-def _pad2(a: paddle.Tensor, rows: int, cols: int) -> paddle.Tensor:
-    """a zero-padded at the bottom and right to rows x cols."""
-    return paddle.nn.functional.pad(a, [0, rows - a.shape[0], 0, cols - a.shape[1]], value=0.0)
-
-
 def _at_least(keys: paddle.Tensor, t_key: int) -> paddle.Tensor:
     """keys >= t_key as the core compares (uint32): a key of 2**31 or more (t = -0.0) keeps nothing."""
     if t_key > 0x7FFFFFFF:
         return paddle.zeros_like(keys, dtype="bool")
     return paddle.greater_equal(keys, _const(keys, t_key, "int32"))
-
-
-def _expand_blocks(keep: paddle.Tensor, shape: Tuple[int, ...], block: Block) -> paddle.Tensor:
-    """A per-block bool mask broadcast to the element shape (rows x D, each block m rows x L elements)."""
-    rows, D, m, L = _geometry(shape, block)
-    nbi, nbj = keep.shape
-    full = keep.reshape([nbi, 1, nbj, 1]).expand([nbi, m, nbj, L]).reshape([nbi * m, nbj * L])
-    return full[:rows, :D].reshape(list(shape))
 
 
 # -- N:M ---------------------------------------------------------------------------------------------
@@ -490,31 +451,3 @@ def _rank_keep(keys: paddle.Tensor, n: int) -> paddle.Tensor:
                                   paddle.logical_and(paddle.equal(kj, keys), idx > j))
         rank = rank + beats.astype("int32")
     return rank < n
-
-
-# -- packed masks (the static pass's uint8 bits, :mod:`paddleslim_static.core.packing`'s format) ----------------
-def unpack_bits(bits: paddle.Tensor, shape: Sequence[int]) -> paddle.Tensor:
-    """The bool mask of ``shape`` in ``np.packbits`` order (big-endian bits), unpacked on ``bits``' device."""
-    n = int(np.prod(shape, dtype=np.int64))
-    one = paddle.full_like(bits, 1)
-    cols = [paddle.bitwise_and(_shift_u8(bits, 7 - j), one) for j in range(8)]
-    return paddle.stack(cols, axis=1).reshape([-1])[:n].astype("bool").reshape(list(shape))
-
-
-def pack_bits(mask: paddle.Tensor, out: paddle.Tensor) -> paddle.Tensor:
-    """Pack a bool mask into the uint8 tensor ``out`` (in place, on its device), as ``np.packbits`` does."""
-    flat = mask.reshape([-1]).astype("int32")
-    n = flat.shape[0]
-    nb = (n + 7) // 8
-    if nb * 8 != n:  # zero bits up to a whole byte, as np.packbits pads
-        flat = paddle.concat([flat, paddle.zeros_like(flat[:1]).tile([nb * 8 - n])])
-    groups = flat.reshape([nb, 8])
-    acc = groups[:, 0] * 128
-    for j in range(1, 8):
-        acc = acc + groups[:, j] * (1 << (7 - j))
-    paddle.assign(acc.astype("uint8"), output=out)
-    return out
-
-
-def _shift_u8(x: paddle.Tensor, s: int) -> paddle.Tensor:
-    return x if s == 0 else paddle.bitwise_right_shift(x, paddle.full_like(x, s))

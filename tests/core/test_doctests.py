@@ -10,7 +10,7 @@ MODULES = [
     "paddleslim_static.pruner", "paddleslim_dygraph.pruner", "paddleslim_static.core.pruner",
     "paddleslim_static.core.naming", "paddleslim_static.core.packing", "paddleslim_static.core.params",
     "paddleslim_static.programs", "paddleslim_static.folding", "paddleslim_static.core.backend",
-    "paddleslim_static.core.state", "paddleslim_static.device_engine", "paddleslim_static.traffic",
+    "paddleslim_static.core.state", "paddleslim_static.device_engine", "paddleslim_static.device_masks", "paddleslim_static.traffic",
     "paddleslim_static.core.options", "paddleslim_static.core.validation", "paddleslim_static.mask_repr",
 ]
 

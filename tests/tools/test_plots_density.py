@@ -8,9 +8,8 @@ import paddle
 import pytest
 
 from paddleslim_dygraph import UnstructuredPruner
-from paddleslim_tools.report import sparsity_report
+from paddleslim_tools.report import plots, sparsity_report  # project modules: a broken import fails, never skips
 
-plots = pytest.importorskip("paddleslim_tools.report.plots")
 pytest.importorskip("matplotlib")
 
 
