@@ -97,13 +97,29 @@ def is_norm_layer(layer: paddle.nn.Layer) -> bool:
     return isinstance(layer, _NORM_TYPES) or type(layer).__name__ in NORM_LAYER_NAMES
 
 
+def conv1x1_unsupported(layer: paddle.nn.Layer) -> Optional[str]:
+    """Why ``layer`` is not a plain 1x1 convolution (Conv2D, 1x1 kernel, stride 1, no padding, groups 1; dilation
+    does not matter for a 1x1 kernel), None when it is: the convolutions Paddle Lite's sparse kernels and the sparse CPU runtime take.
+
+    >>> conv1x1_unsupported(paddle.nn.Conv2D(4, 8, 1)) is None, conv1x1_unsupported(paddle.nn.Conv2D(4, 8, 3))
+    (True, 'kernel (3, 3) is not 1x1')
+    """
+    if type(layer) is not paddle.nn.Conv2D:
+        return f"{type(layer).__name__} is not a Conv2D"
+    # Paddle 3.3 has no public getters for a Conv2D's kernel size / stride / padding / groups
+    pads = getattr(layer, "_updated_padding", None)
+    checks = [
+        (tuple(layer._kernel_size) == (1, 1), f"kernel {tuple(layer._kernel_size)} is not 1x1"),
+        (tuple(np.ravel(layer._stride)) == (1, 1), f"stride {tuple(np.ravel(layer._stride))}"),
+        (pads is not None and all(int(v) == 0 for v in np.ravel(pads)), "padding"),
+        (int(layer._groups) == 1, f"groups={layer._groups}"),
+    ]
+    return next((why for ok, why in checks if not ok), None)
+
+
 def _lite_sparse_conv(layer: paddle.nn.Layer, attr: str) -> bool:
     """A Conv2D weight Paddle Lite's sparse conv takes: 1x1 kernel, groups 1, stride 1, no padding."""
-    if type(layer) is not paddle.nn.Conv2D or attr != "weight":
-        return False
-    pads = getattr(layer, "_updated_padding", None)
-    return (list(layer._kernel_size) == [1, 1] and layer._groups == 1 and list(layer._stride) == [1, 1]
-            and pads is not None and all(int(v) == 0 for v in np.ravel(pads)))
+    return attr == "weight" and conv1x1_unsupported(layer) is None
 
 
 def param_infos(model: paddle.nn.Layer) -> List[ParamInfo]:

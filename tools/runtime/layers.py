@@ -11,6 +11,8 @@ from typing import Optional
 import numpy as np
 import paddle
 
+from paddleslim_dygraph.layers import conv1x1_unsupported as plain_conv1x1_unsupported
+
 from .csr import CSR, csr_from_rows
 from .loader import load_library
 
@@ -62,18 +64,14 @@ class SparseLinear(_SparseBase):
 
 
 def conv1x1_unsupported(layer: paddle.nn.Conv2D) -> Optional[str]:
-    """Why ``layer`` cannot run as a sparse 1x1 convolution (None when it can)."""
-    w = layer.weight
-    checks = [
-        (tuple(w.shape[2:]) == (1, 1), f"kernel {tuple(w.shape[2:])} is not 1x1"),
-        (tuple(layer._stride) == (1, 1), f"stride {tuple(layer._stride)}"),  # no public getter in Paddle 3.3
-        (all(int(p) == 0 for p in np.ravel(layer._padding)), "padding"),
-        (int(layer._groups) == 1, f"groups={layer._groups}"),
-        (tuple(layer._dilation) == (1, 1), f"dilation {tuple(layer._dilation)}"),
-        (layer._data_format == "NCHW", f"data_format {layer._data_format}"),
-        (w.dtype == paddle.float32, f"dtype {w.dtype}"),
-    ]
-    return next((why for ok, why in checks if not ok), None)
+    """Why ``layer`` cannot run as a sparse 1x1 convolution (None when it can): the dygraph package's rule for a
+    plain 1x1 convolution, plus what this operator needs (NCHW, float32)."""
+    why = plain_conv1x1_unsupported(layer)
+    if why is None and layer._data_format != "NCHW":  # no public getter in Paddle 3.3
+        why = f"data_format {layer._data_format}"
+    if why is None and layer.weight.dtype != paddle.float32:
+        why = f"dtype {layer.weight.dtype}"
+    return why
 
 
 class SparseConv1x1(_SparseBase):
